@@ -1,0 +1,341 @@
+"""The one scorer: every method is evaluated by the same code path on the test split.
+
+From the declared capabilities it computes fidelity of a surrogate to f (paper IV-C),
+classification of a by-design model against the labels, and, for methods that decompose the
+input, faithfulness FF_x = f(x)_c − f(x₂)_c with x₂ = INV(X − Σ_{k∈L} X_k, P_x) (eq. 7)
+at every τ, the random baseline that removes as many components from outside L as L holds on
+average (paper IV-C; per-sample matching and the authors' draw-from-all are options), the
+Wilcoxon test of FF against that baseline, class-wise FF medians, and on tasks with true
+sources the ground-truth overlap of the interpretation x_int = INV(Σ_{k∈L} X_k, P_x).
+f(x) is taken on the original clip's log-mel and f(x₂) on the re-synthesised and re-analysed
+waveform, as in the authors' code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .api import Batch, Explainer, TaskData
+from .classifier import probabilities
+from .metrics import faithfulness as ffm
+from .metrics import fidelity as fid
+from .metrics import groundtruth as gt
+from .train import BatchLoader
+
+TAUS: tuple[float, ...] = (0.9, 0.7, 0.5, 0.3, 0.1)
+
+
+@dataclass
+class EvalConfig:
+    taus: tuple[float, ...] = TAUS
+    threshold: float = 0.5          # f's outputs -> multilabel "ground truth" for fidelity / FF
+    baseline_count: str = "mean"    # 'mean' (paper), 'per_sample', or an integer (code)
+    baseline_pool: str = "outside"  # 'outside' L (paper) or 'all' components (code)
+    listen: int = 4                 # test pairs written as WAV interpretations
+    listen_tau: float = 0.1
+    batch_size: int = 16
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    per_sample: pd.DataFrame
+    pairs: pd.DataFrame
+    listen: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _label_metrics(prefix: str, probs: np.ndarray, target: np.ndarray, mask: np.ndarray,
+                   kind: str, threshold: float) -> dict[str, float]:
+    """Classification metrics of probabilities against labels (task's official ones)."""
+    out: dict[str, float] = {}
+    if kind == "multiclass":
+        truth = torch.from_numpy(target.argmax(1))
+        p = torch.from_numpy(probs)
+        out[f"{prefix}/accuracy_top1"] = fid.topk_accuracy(p, truth, 1)
+        out[f"{prefix}/accuracy_top5"] = fid.topk_accuracy(p, truth, min(5, probs.shape[1]))
+        return out
+    y = target > 0.5
+    ap = fid.average_precision_macro_micro(y, probs, mask)
+    out[f"{prefix}/macro_auprc"], out[f"{prefix}/micro_auprc"] = ap["macro"], ap["micro"]
+    out[f"{prefix}/weighted_f1"] = fid.weighted_f1_openmic(y, probs >= threshold, mask)["mean"]
+    return out
+
+
+class Scorer:
+    """Evaluates one fitted explainer against one classifier on one split."""
+
+    def __init__(self, explainer: Explainer, classifier: torch.nn.Module, data: TaskData,
+                 config: EvalConfig | None = None) -> None:
+        self.ex, self.f, self.data = explainer, classifier.eval(), data
+        self.cfg = config or EvalConfig()
+        self.kind = data.task.kind
+        self.loader = BatchLoader(data.test, data.frontend, self.cfg.batch_size,
+                                  device=data.device, with_phase=True)
+        self.caps = set(explainer.capabilities)
+
+    # -- helpers --------------------------------------------------------------------------
+    def _f_probs(self, logmel: Tensor) -> Tensor:
+        return probabilities(self.f(logmel), self.kind)
+
+    def _pairs(self, f_prob: Tensor) -> tuple[Tensor, Tensor]:
+        """(row, class) pairs explained: argmax for multiclass, every class above the
+        threshold for multilabel (authors' SONYC code)."""
+        if self.kind == "multiclass":
+            return torch.arange(f_prob.shape[0], device=f_prob.device), f_prob.argmax(1)
+        rows, classes = torch.nonzero(f_prob > self.cfg.threshold, as_tuple=True)
+        return rows, classes
+
+    @staticmethod
+    def _subset(batch: Batch, rows: Tensor) -> Batch:
+        return Batch(*(getattr(batch, n)[rows] for n in
+                       ("wave", "X", "phase", "logmel", "target", "mask", "index")))
+
+    def _removed_prob(self, sub: Batch, removed: Tensor, classes: Tensor) -> Tensor:
+        logmel = self.data.frontend.reanalyze_logmel(sub.X - removed, sub.phase,
+                                                     sub.wave.shape[-1])
+        p = self._f_probs(logmel)
+        return p[torch.arange(len(classes), device=p.device), classes]
+
+    # -- main -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def run(self) -> EvalResult:
+        cfg, taus = self.cfg, self.cfg.taus
+        explain = "explain" in self.caps
+        split = self.data.test
+        f_all, s_all, g_all = [], [], []
+        pair_rows: list[dict[str, Any]] = []
+        rel_all, sel_all = [], []
+        listen: list[dict[str, Any]] = []
+        has_sources = split.sources is not None
+        for batch in tqdm(self.loader, desc="evaluating", leave=False):
+            f_prob = self._f_probs(batch.logmel)
+            f_all.append(f_prob.cpu())
+            if "surrogate" in self.caps:
+                s_all.append(self.ex.surrogate_predict(batch).float().cpu())
+            if "predict" in self.caps:
+                g_all.append(self.ex.predict(batch).float().cpu())
+            if not explain:
+                continue
+            rows, classes = self._pairs(f_prob)
+            if len(rows) == 0:
+                continue
+            sub = self._subset(batch, rows)
+            e = self.ex.explain(sub, classes)
+            p0 = f_prob[rows, classes]
+            rel_all.append(e.relevance.float().cpu())
+            cols: dict[str, Tensor] = {}
+            sels = []
+            for tau in taus:
+                sel = ffm.select_relevant(e.relevance, tau)
+                sels.append(sel.cpu())
+                keep = e.mixture(sel)
+                cols[f"ff@{tau}"] = ffm.ff_values(p0, self._removed_prob(sub, keep, classes))
+                cols[f"n_selected@{tau}"] = sel.sum(1).float()
+                if has_sources:
+                    cols.update(self._groundtruth(sub, rows, classes, keep, tau, batch))
+                if tau == cfg.listen_tau and len(listen) < cfg.listen:
+                    listen.extend(self._listen(sub, e, sel, classes, cfg.listen - len(listen)))
+            sel_all.append(torch.stack(sels, 0))  # (n_tau, n, K)
+            ids = [split.ids[int(i)] for i in sub.index.cpu()]
+            cl = classes.cpu().tolist()
+            base = {k: v.float().cpu().numpy() for k, v in cols.items()}
+            for j in range(len(ids)):
+                row = {"id": ids[j], "class": self.data.task.classes[cl[j]], "class_index": cl[j],
+                       "f_prob": float(p0[j])}
+                row.update({k: float(v[j]) for k, v in base.items()})
+                pair_rows.append(row)
+        f_probs = torch.cat(f_all).numpy()
+        pairs = pd.DataFrame(pair_rows)
+        if explain and len(pairs):
+            self._random_baseline(pairs, torch.cat(sel_all, 1))
+        metrics = self._metrics(f_probs, s_all, g_all, pairs)
+        per_sample = self._per_sample(f_probs, s_all, g_all)
+        return EvalResult(metrics, per_sample, pairs, listen)
+
+    def _groundtruth(self, sub: Batch, rows: Tensor, classes: Tensor, keep: Tensor,
+                     tau: float, batch: Batch) -> dict[str, Tensor]:
+        """Overlap of x_int with the true source of the explained class (synthetic tasks)."""
+        split = self.data.test
+        idx = sub.index.cpu()
+        src = split.sources[idx].to(keep.device)  # (n, E, N)
+        sc = split.source_classes[idx].to(keep.device)
+        match = (sc == classes.unsqueeze(1)).unsqueeze(-1)
+        source = (src * match).sum(1)
+        fe = self.data.frontend
+        x_int = fe.invert(keep, sub.phase, sub.wave.shape[-1])
+        empty = keep.flatten(1).amax(1) <= 0  # nothing selected: no interpretation to score
+        nan = torch.full_like(empty, float("nan"), dtype=keep.dtype)
+        sdri = gt.si_sdr_improvement(x_int, sub.wave, source)
+        out = {f"si_sdri@{tau}": torch.where(empty, nan, sdri)}
+        src_mag = fe.stft(source).abs()
+        mix_mag = torch.expm1(sub.X)
+        oracle = gt.oracle_mask(src_mag, mix_mag)
+        prec = gt.mask_energy_precision(torch.expm1(keep), oracle)
+        out[f"energy_precision@{tau}"] = torch.where(empty, nan, prec)
+        if tau == self.cfg.taus[0]:
+            out["energy_precision_input"] = gt.mask_energy_precision(mix_mag, oracle)
+        return out
+
+    def _listen(self, sub: Batch, e, sel: Tensor, classes: Tensor, n: int) -> list[dict]:
+        fe, N = self.data.frontend, sub.wave.shape[-1]
+        n = min(n, len(sub))
+        x_int = fe.invert(e.mixture(sel[:n]) if n == len(sub) else
+                          self._subset_mixture(e, sel, n), sub.phase[:n], N)
+        out = []
+        for j in range(n):
+            top = torch.argsort(e.relevance[j], descending=True)[:3].tolist()
+            comps = {}
+            for k in top:
+                one = torch.zeros_like(e.relevance)
+                one[j, k] = 1.0
+                comps[f"component{k}"] = fe.invert(e.mixture(one)[j:j + 1], sub.phase[j:j + 1],
+                                                   N)[0].cpu().numpy()
+            out.append({"id": self.data.test.ids[int(sub.index[j])],
+                        "class": self.data.task.classes[int(classes[j])],
+                        "input": sub.wave[j].cpu().numpy(),
+                        "interpretation": x_int[j].cpu().numpy(), **comps})
+        return out
+
+    @staticmethod
+    def _subset_mixture(e, sel: Tensor, n: int) -> Tensor:
+        s = sel.clone()
+        s[n:] = False
+        return e.mixture(s)[:n]
+
+    def _random_baseline(self, pairs: pd.DataFrame, sels: Tensor) -> None:
+        """Second pass: remove as many random components as L holds, from outside L."""
+        cfg, taus = self.cfg, self.cfg.taus
+        counts = [ffm.baseline_counts(sels[i], cfg.baseline_count) for i in range(len(taus))]
+        g = torch.Generator().manual_seed(cfg.seed + 7919)
+        out = {tau: [] for tau in taus}
+        offset = 0
+        for batch in tqdm(self.loader, desc="random baseline", leave=False):
+            f_prob = self._f_probs(batch.logmel)
+            rows, classes = self._pairs(f_prob)
+            if len(rows) == 0:
+                continue
+            sub = self._subset(batch, rows)
+            e = self.ex.explain(sub, classes)
+            p0 = f_prob[rows, classes]
+            n = len(rows)
+            for i, tau in enumerate(taus):
+                sel = sels[i, offset:offset + n].to(e.relevance.device)
+                cnt = counts[i][offset:offset + n]
+                if cfg.baseline_pool == "outside":
+                    rnd = ffm.random_outside(sel.cpu(), cnt.cpu(), g)
+                else:
+                    rnd = ffm.random_any(n, sel.shape[1], cnt.cpu(), g)
+                removed = e.mixture(rnd.to(e.relevance.device))
+                out[tau].append(ffm.ff_values(p0, self._removed_prob(sub, removed, classes)).cpu())
+            offset += n
+        for i, tau in enumerate(taus):
+            pairs[f"random_ff@{tau}"] = torch.cat(out[tau]).float().numpy()
+            pairs[f"random_n@{tau}"] = counts[i].float().numpy()
+
+    def _metrics(self, f_probs: np.ndarray, s_all, g_all, pairs: pd.DataFrame
+                 ) -> dict[str, float]:
+        cfg, task = self.cfg, self.data.task
+        split = self.data.test
+        target, mask = split.target.numpy(), split.mask.numpy()
+        m: dict[str, float] = {"n_test": float(len(split))}
+        m.update(_label_metrics("classifier", f_probs, target, mask, self.kind, cfg.threshold))
+        if s_all:
+            s = torch.cat(s_all).numpy()
+            if self.kind == "multiclass":
+                ref = torch.from_numpy(f_probs.argmax(1))
+                m["fidelity/top1"] = fid.topk_accuracy(torch.from_numpy(s), ref, 1)
+                m["fidelity/top5"] = fid.topk_accuracy(torch.from_numpy(s), ref,
+                                                       min(5, s.shape[1]))
+            else:
+                y = f_probs > cfg.threshold
+                ap = fid.average_precision_macro_micro(y, s, None)
+                m["fidelity/macro_auprc"], m["fidelity/micro_auprc"] = ap["macro"], ap["micro"]
+                p11 = fid.auprc_11pt(y, s)
+                m["fidelity/macro_auprc_11pt"] = p11["macro"]
+                m["fidelity/micro_auprc_11pt"] = p11["micro"]
+                m["fidelity/max_f1"] = fid.max_f1(y, s)
+                m["fidelity/weighted_f1"] = fid.weighted_f1_openmic(y, s >= cfg.threshold,
+                                                                    None)["mean"]
+        if g_all:
+            g = torch.cat(g_all).numpy()
+            m.update(_label_metrics("classification", g, target, mask, self.kind, cfg.threshold))
+        official = task.official_metric
+        for prefix in ("classification", "classifier"):
+            key = next((k for k in m if k.startswith(prefix + "/") and k.endswith(official)), None)
+            if key:
+                m[f"official/{official}"] = m[key]
+                break
+        if len(pairs):
+            m["faithfulness/n_pairs"] = float(len(pairs))
+            exclude = [task.classes.index(c) for c in task.classwise_exclude if c in task.classes]
+            for tau in cfg.taus:
+                ff = pairs[f"ff@{tau}"].to_numpy()
+                rnd = pairs[f"random_ff@{tau}"].to_numpy()
+                m[f"faithfulness/ff_median@{tau}"] = float(np.median(ff))
+                m[f"faithfulness/ff_mean@{tau}"] = float(np.mean(ff))
+                m[f"faithfulness/n_selected_mean@{tau}"] = float(pairs[f"n_selected@{tau}"].mean())
+                m[f"faithfulness/random_ff_median@{tau}"] = float(np.median(rnd))
+                m[f"faithfulness/random_n_mean@{tau}"] = float(pairs[f"random_n@{tau}"].mean())
+                w = ffm.wilcoxon_vs_baseline(ff, rnd)
+                m[f"faithfulness/wilcoxon_p@{tau}"] = float(w["p"])
+                cw = ffm.classwise_median(ff, pairs["class_index"].to_numpy(), task.num_classes,
+                                          exclude=exclude)
+                cwr = ffm.classwise_median(rnd, pairs["class_index"].to_numpy(),
+                                           task.num_classes, exclude=exclude)
+                if tau == cfg.taus[-1]:
+                    for c, name in enumerate(task.classes):
+                        if not np.isnan(cw[c]):
+                            m[f"classwise/ff_median@{tau}/{name}"] = float(cw[c])
+                            m[f"classwise/random_ff_median@{tau}/{name}"] = float(cwr[c])
+                if f"si_sdri@{tau}" in pairs:
+                    m[f"groundtruth/si_sdri_median@{tau}"] = float(pairs[f"si_sdri@{tau}"].median())
+                    m[f"groundtruth/energy_precision_mean@{tau}"] = float(
+                        pairs[f"energy_precision@{tau}"].mean())
+            if "energy_precision_input" in pairs:
+                m["groundtruth/energy_precision_input_mean"] = float(
+                    pairs["energy_precision_input"].mean())
+        return m
+
+    def _per_sample(self, f_probs: np.ndarray, s_all, g_all) -> pd.DataFrame:
+        split, task = self.data.test, self.data.task
+        target = split.target.numpy()
+        df = pd.DataFrame({"id": split.ids})
+        names = np.asarray(task.classes)
+        if self.kind == "multiclass":
+            df["label"] = names[target.argmax(1)]
+            df["f_pred"] = names[f_probs.argmax(1)]
+            df["f_correct"] = (f_probs.argmax(1) == target.argmax(1)).astype(int)
+            ref = torch.from_numpy(f_probs.argmax(1))
+            if s_all:
+                s = torch.cat(s_all)
+                df["surrogate_pred"] = names[s.argmax(1).numpy()]
+                df["fid_top1"] = fid.topk_hits(s, ref, 1).numpy().astype(int)
+                df["fid_top5"] = fid.topk_hits(s, ref, min(5, s.shape[1])).numpy().astype(int)
+            if g_all:
+                g = torch.cat(g_all).numpy()
+                df["pred"] = names[g.argmax(1)]
+                df["correct"] = (g.argmax(1) == target.argmax(1)).astype(int)
+        else:
+            df["labels"] = [";".join(names[t > 0.5]) for t in target]
+            df["f_pred"] = [";".join(names[p > self.cfg.threshold]) for p in f_probs]
+            for c, n in enumerate(names):
+                df[f"f_prob/{n}"] = f_probs[:, c]
+            if s_all:
+                s = torch.cat(s_all).numpy()
+                for c, n in enumerate(names):
+                    df[f"surrogate_prob/{n}"] = s[:, c]
+            if g_all:
+                g = torch.cat(g_all).numpy()
+                for c, n in enumerate(names):
+                    df[f"prob/{n}"] = g[:, c]
+        return df

@@ -1,0 +1,296 @@
+"""Data flow of ``audio-xai-bench run`` (DESIGN.md): task -> features -> classifier f ->
+method fit -> batched evaluation -> run directory, one cell per (fold, seed).
+
+The classifier f and the task's NMF dictionary are cached per (task, fold, seed, settings)
+under the cache folder and shared by every post-hoc method, so all of them interpret the same
+network. Nothing in this module names a method or a dataset: behaviour follows the
+explainer's declared capabilities and the task's declarations.
+"""
+from __future__ import annotations
+
+import hashlib
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import classifier as clf
+from .api import Batch, Explainer, Task, TaskData, coerce_like
+from .audio import Frontend
+from .data import LoadReport, materialize
+from .evaluate import EvalConfig, Scorer
+from .registry import METHODS, TASKS
+from .results import cell_dir, config_hash, is_done, read_cell, versions, write_cell
+from .train import BatchLoader, atomic_save, fit, load_checkpoint
+
+
+@dataclass
+class RunSpec:
+    method: str
+    task: str = "synth"
+    data_root: str | None = None
+    fold: str = "all"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    device: str = "auto"
+    out: str = "runs"
+    cache_dir: str | None = None
+    profile: str = "default"
+    overrides: dict[str, str] = field(default_factory=dict)
+    force: bool = False
+    on_bad_file: str = "fail"
+    classifier_weights: str | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ValueError(f"--device must be auto, cpu or cuda, not {name!r}")
+    return torch.device(name)
+
+
+def split_overrides(overrides: dict[str, str]) -> tuple[dict, dict, dict]:
+    """``--set`` keys: ``classifier.x`` -> f's settings, ``eval.x`` -> scorer, else method."""
+    method, classifier, evaluation = {}, {}, {}
+    for k, v in overrides.items():
+        if k.startswith("classifier."):
+            classifier[k.split(".", 1)[1]] = v
+        elif k.startswith("eval."):
+            evaluation[k.split(".", 1)[1]] = v
+        else:
+            method[k] = v
+    return method, classifier, evaluation
+
+
+def resolve_classifier_config(task: Task, profile: str, overrides: dict) -> dict[str, Any]:
+    cfg = dict(clf.DEFAULTS)
+    cfg.update(task.classifier_defaults)
+    if profile == "small":
+        cfg.update({"epochs": 3, "width": 0.0625, "head_mid": 32})
+        cfg.update(getattr(task, "classifier_small", {}))
+    unknown = sorted(set(overrides) - set(cfg))
+    if unknown:
+        raise KeyError(f"unknown classifier setting(s) {unknown}; valid: {', '.join(sorted(cfg))}")
+    for k, v in overrides.items():
+        cfg[k] = coerce_like(cfg[k], v)
+    return cfg
+
+
+def resolve_eval_config(overrides: dict, seed: int) -> EvalConfig:
+    base = EvalConfig(seed=seed)
+    valid = base.as_dict()
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise KeyError(f"unknown eval setting(s) {unknown}; valid: {', '.join(sorted(valid))}")
+    for k, v in overrides.items():
+        setattr(base, k, coerce_like(valid[k], v))
+    return base
+
+
+def _ids_digest(data: TaskData) -> str:
+    h = hashlib.sha256()
+    for split in (data.train, data.valid, data.test):
+        h.update("\n".join(split.ids).encode())
+    return h.hexdigest()[:10]
+
+
+# --------------------------------------------------------------------------------------------
+# classifier f
+# --------------------------------------------------------------------------------------------
+def _classifier_loss(model: torch.nn.Module, kind: str, pos_weight: Tensor | None):
+    def loss_fn(batch: Batch, epoch: int) -> dict[str, Tensor]:
+        logits = model(batch.logmel)
+        if kind == "multiclass":
+            loss = F.cross_entropy(logits, batch.target.argmax(1))
+        else:  # masked BCE: unannotated labels (OpenMIC) count in no loss
+            m = batch.mask.float()
+            per = F.binary_cross_entropy_with_logits(logits, batch.target, reduction="none",
+                                                     pos_weight=pos_weight)
+            loss = (per * m).sum() / m.sum().clamp_min(1.0)
+        return {"loss": loss}
+    return loss_fn
+
+
+@torch.inference_mode()
+def _validation_score(model: torch.nn.Module, loader: BatchLoader, kind: str) -> float:
+    from .metrics import fidelity as fid
+
+    probs, targets, masks = [], [], []
+    for batch in loader:
+        probs.append(clf.probabilities(model(batch.logmel), kind).float().cpu())
+        targets.append(batch.target.cpu())
+        masks.append(batch.mask.cpu())
+    p, t, m = torch.cat(probs), torch.cat(targets), torch.cat(masks)
+    if kind == "multiclass":
+        return float((p.argmax(1) == t.argmax(1)).float().mean())
+    return float(fid.average_precision_macro_micro(t.numpy() > 0.5, p.numpy(), m.numpy())["macro"])
+
+
+def get_classifier(data: TaskData, cfg: dict[str, Any], cache: Path, seed: int,
+                   weights: str | None = None, log=print) -> tuple[torch.nn.Module, dict]:
+    """Train f for (task, fold, seed) once and cache it; later calls load the checkpoint."""
+    task = data.task
+    key = config_hash({"task": task.describe(), "cfg": cfg, "ids": _ids_digest(data),
+                       "weights": weights, "seed": seed})
+    path = cache / "classifiers" / task.name / f"{data.fold}-{seed}-{key}.pt"
+    torch.manual_seed(seed)
+    model = clf.build_classifier(task.num_classes, cfg).to(data.device)
+    info: dict[str, Any] = {"checkpoint": str(path), "config": cfg}
+    if path.exists():
+        state = load_checkpoint(path, map_location=data.device)
+        model.load_state_dict(state["model"])
+        info.update(cached=True, history=state.get("history", []))
+        return model.eval(), info
+    params = list(model.parameters())
+    if weights:
+        state = load_checkpoint(weights, map_location=data.device)
+        state = state.get("model", state)
+        own = model.state_dict()
+        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        if not usable:
+            raise ValueError(f"--classifier-weights {weights}: no parameter matches the network")
+        model.load_state_dict(usable, strict=False)
+        info["loaded_weights"] = {"path": weights, "n_tensors": len(usable)}
+        if getattr(task, "finetune", "all") == "head":  # paper: ESC-50 fine-tunes the head only
+            params = model.head_parameters()
+    pw = cfg.get("pos_weight")
+    pos_weight = torch.tensor(pw, dtype=torch.float32, device=data.device) if pw else None
+    loader = BatchLoader(data.train, data.frontend, int(cfg["batch_size"]), shuffle=True,
+                         seed=seed, device=data.device)
+    valid = BatchLoader(data.valid, data.frontend, 64, device=data.device)
+    log(f"training classifier f for {task.name} fold {data.fold} seed {seed} "
+        f"({cfg['epochs']} epochs, width {cfg['width']})")
+    history = fit(model, params, _classifier_loss(model, task.kind, pos_weight), loader,
+                  epochs=int(cfg["epochs"]), lr=float(cfg["lr"]),
+                  validate=lambda: _validation_score(model, valid, task.kind),
+                  select=cfg["select"], checkpoint=path.with_suffix(".resume.pt"),
+                  desc="classifier f")
+    atomic_save({"model": model.state_dict(), "history": history}, path)
+    info.update(cached=False, history=history)
+    return model.eval(), info
+
+
+def get_dictionary(data: TaskData, k: int, seed: int, cache: Path, method_cfg: dict,
+                   log=print) -> tuple[Tensor, dict]:
+    """The task's NMF dictionary (paper IV-B3) for this fold, cached."""
+    task = data.task
+    mu, n_iter = float(method_cfg.get("nmf_mu", 0.8)), int(method_cfg.get("nmf_iter", 100))
+    key = config_hash({"task": task.describe(), "k": k, "mu": mu, "iter": n_iter,
+                       "ids": _ids_digest(data), "seed": seed})
+    path = cache / "dictionaries" / task.name / f"{data.fold}-{seed}-K{k}-{key}.pt"
+    if path.exists():
+        state = load_checkpoint(path)
+        return state["W"].to(data.device), {**state["info"], "cached": True}
+    log(f"learning the NMF dictionary (K={k}) for {task.name} fold {data.fold}")
+    X = []
+    loader = BatchLoader(data.train, data.frontend, 64, device=data.device)
+    with torch.inference_mode():
+        for batch in loader:
+            X.append(batch.X)
+    train_X = torch.cat(X)
+    W, info = task.dictionary_recipe(train_X, data.train.target.to(data.device), k, seed=seed,
+                                     mu=mu, n_iter=n_iter)
+    info = {**info, "K": int(W.shape[1]), "mu": mu, "n_iter": n_iter}
+    atomic_save({"W": W.cpu(), "info": info}, path)
+    return W.to(data.device), info
+
+
+# --------------------------------------------------------------------------------------------
+# cells
+# --------------------------------------------------------------------------------------------
+def run(spec: RunSpec, log=print) -> list[dict[str, Any]]:
+    """Run every (fold, seed) cell of ``spec``; returns the cells' records."""
+    device = resolve_device(spec.device)
+    method_cls = METHODS.get(spec.method)
+    if not (isinstance(method_cls, type) and issubclass(method_cls, Explainer)):
+        raise TypeError(f"method {spec.method!r} is not an audio_xai_bench.api.Explainer subclass")
+    task_cls = TASKS.get(spec.task)
+    m_over, c_over, e_over = split_overrides(spec.overrides)
+    cache = Path(spec.cache_dir) if spec.cache_dir else Path(spec.out) / ".cache"
+    records = []
+    for seed in spec.seeds:
+        task: Task = task_cls(data_root=spec.data_root, profile=spec.profile, seed=0)
+        method_cfg = method_cls.resolve_config(task, spec.profile, m_over)
+        clf_cfg = resolve_classifier_config(task, spec.profile, c_over)
+        eval_cfg = resolve_eval_config(e_over, seed)
+        fold_arg = None if spec.fold == "all" else spec.fold
+        for fold in task.folds(fold_arg):
+            records.append(_run_cell(spec, task, fold, seed, method_cls, method_cfg, clf_cfg,
+                                     eval_cfg, device, cache, log))
+    return records
+
+
+def _run_cell(spec: RunSpec, task: Task, fold, seed: int, method_cls, method_cfg: dict,
+              clf_cfg: dict, eval_cfg: EvalConfig, device: torch.device, cache: Path,
+              log) -> dict[str, Any]:
+    name = getattr(method_cls, "registry_name", "") or spec.method
+    resolved = {"method": name, "method_config": method_cfg, "task": task.describe(),
+                "fold": fold.name, "seed": seed, "classifier_config": clf_cfg,
+                "eval_config": eval_cfg.as_dict(), "profile": spec.profile,
+                "classifier_weights": spec.classifier_weights, "data_root": spec.data_root}
+    chash = config_hash(resolved)
+    path = cell_dir(spec.out, task.name, name, fold.name, seed, chash)
+    if is_done(path) and not spec.force:
+        log(f"[skip] {path} is done (use --force to redo it)")
+        return read_cell(path)
+    t0 = time.time()
+    fe_cfg = task.frontend
+    report = LoadReport()
+    kw = {"on_bad_file": spec.on_bad_file, "report": report}
+    data = TaskData(task=task, fold=fold.name,
+                    train=materialize(fold.train, fe_cfg, desc="train", **kw),
+                    valid=materialize(fold.valid, fe_cfg, desc="valid", **kw),
+                    test=materialize(fold.test, fe_cfg, desc="test", **kw),
+                    frontend=Frontend(fe_cfg, device), seed=seed, device=device,
+                    cache_dir=str(cache))
+    f, f_info = get_classifier(data, clf_cfg, cache, seed, spec.classifier_weights, log)
+    dict_info = None
+    if method_cls.needs_dictionary:
+        data.dictionary, dict_info = get_dictionary(data, int(method_cfg["K"]), seed, cache,
+                                                    method_cfg, log)
+    torch.manual_seed(seed)
+    explainer: Explainer = method_cls(method_cfg, seed=seed, device=device)
+    t_fit = time.time()
+    explainer.fit(data, f if method_cls.posthoc else None)
+    fit_s = time.time() - t_fit
+    t_eval = time.time()
+    result = Scorer(explainer, f, data, eval_cfg).run()
+    eval_s = time.time() - t_eval
+    metrics = {k: float(v) for k, v in result.metrics.items()}
+    config = {**resolved, "config_hash": chash, "versions": versions(), "device": str(device),
+              "dictionary": dict_info, "load_report": report.as_dict(),
+              "classifier": {k: v for k, v in f_info.items() if k != "history"},
+              "capabilities": sorted(method_cls.capabilities)}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    done = {"wall_s": time.time() - t0, "fit_s": fit_s, "eval_s": eval_s,
+            "peak_rss_mb": peak, "device": str(device),
+            "peak_cuda_mb": (torch.cuda.max_memory_allocated() / 2**20
+                             if device.type == "cuda" else None),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    history = pd.DataFrame(explainer.history) if explainer.history else None
+    write_cell(path, config=config, metrics=metrics, per_sample=result.per_sample,
+               pairs=result.pairs, history=history, listen=result.listen,
+               sample_rate=fe_cfg.sample_rate, done=done)
+    clf_hist = pd.DataFrame(f_info.get("history") or [])
+    if len(clf_hist):
+        clf_hist.to_csv(path / "classifier_history.csv", index=False)
+    log(f"[done] {path} in {done['wall_s']:.1f} s")
+    return read_cell(path)
+
+
+def summarize(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """mean ± std (and n) of each metric over cells."""
+    rows = pd.DataFrame([r["metrics"] for r in records])
+    keep = [c for c in rows.columns if not c.startswith("classwise/")]
+    agg = rows[keep].agg(["mean", "std", "count"]).T
+    agg.columns = ["mean", "std", "n"]
+    return agg.fillna({"std": 0.0})

@@ -1,0 +1,177 @@
+"""The one training loop every model of the suite uses (classifier f and every method).
+
+Adam, shuffled mini-batches whose features are computed on the device from the waveforms,
+bf16 autocast on CUDA, a progress bar, model selection on a validation score (or the last
+epoch), and a checkpoint written atomically after each epoch so an interrupted run resumes
+where it stopped.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .api import Batch, SplitData
+
+
+class BatchLoader:
+    """Mini-batches of a split with features computed on the device by the front-end.
+
+    When the split's X and log-mel fit in ``cache_bytes`` they are computed once and kept on
+    the device (training re-reads them every epoch); otherwise they are computed per batch.
+    The phase is only computed when ``with_phase`` (evaluation needs it, training does not).
+    """
+
+    def __init__(self, split: SplitData, frontend, batch_size: int = 32, shuffle: bool = False,
+                 seed: int = 0, device: torch.device | str = "cpu", with_phase: bool = False,
+                 cache_bytes: float = 2e9) -> None:
+        self.split, self.frontend = split, frontend
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.device = torch.device(device)
+        self.with_phase = with_phase
+        self.epoch = 0
+        pin = self.device.type == "cuda"
+        self.wave = split.wave.pin_memory() if pin else split.wave
+        cfg = frontend.config
+        per_clip = 4 * cfg.n_frames * (cfg.n_freq + cfg.n_mels)
+        self._cache: tuple[Tensor, Tensor] | None = None
+        if not with_phase and per_clip * len(split) <= cache_bytes:
+            self._cache = self._precompute()
+
+    @torch.no_grad()  # not inference_mode: the cached tensors feed autograd graphs later
+    def _precompute(self) -> tuple[Tensor, Tensor]:
+        Xs, Ls = [], []
+        for i in range(0, len(self.split), 64):
+            wave = self.wave[i:i + 64].to(self.device)
+            S = self.frontend.stft(wave).abs()
+            Xs.append(torch.log1p(S))
+            Ls.append(self.frontend.logmel_from_magnitude(S))
+        return torch.cat(Xs), torch.cat(Ls)
+
+    def __len__(self) -> int:
+        return (len(self.split) + self.batch_size - 1) // self.batch_size
+
+    def batch(self, index: Tensor) -> Batch:
+        s = self.split
+        wave = self.wave[index].to(self.device, non_blocking=True)
+        if self._cache is not None:
+            dev_index = index.to(self.device)
+            X, logmel = self._cache[0][dev_index], self._cache[1][dev_index]
+            phase = torch.empty(0, device=self.device)
+        elif self.with_phase:
+            X, phase, logmel = self.frontend.analyze(wave)
+        else:
+            S = self.frontend.stft(wave).abs()
+            X, logmel = torch.log1p(S), self.frontend.logmel_from_magnitude(S)
+            phase = torch.empty(0, device=self.device)
+        return Batch(wave=wave, X=X, phase=phase, logmel=logmel,
+                     target=s.target[index].to(self.device), mask=s.mask[index].to(self.device),
+                     index=index.to(self.device))
+
+    def __iter__(self) -> Iterator[Batch]:
+        n = len(self.split)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        self.epoch += 1
+        for i in range(0, n, self.batch_size):
+            yield self.batch(order[i:i + self.batch_size])
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
+    """torch.load with ``weights_only=True`` (never unpickle arbitrary objects)."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def fit(model: nn.Module, params: Iterable[nn.Parameter],
+        loss_fn: Callable[[Batch, int], dict[str, Tensor]], loader: BatchLoader, *,
+        epochs: int, lr: float, validate: Callable[[], float] | None = None,
+        select: str = "valid", checkpoint: str | os.PathLike | None = None,
+        desc: str = "training", lr_schedule: Callable[[int], float] | None = None
+        ) -> list[dict[str, float]]:
+    """Train ``model`` with Adam over ``params`` for ``epochs`` epochs.
+
+    ``loss_fn(batch, epoch)`` returns a dict with the key ``"loss"`` (the one minimised) and any
+    other scalars to log. ``validate()`` returns a score (higher is better) after each epoch;
+    with ``select='valid'`` the best epoch's weights are restored at the end, with
+    ``select='last'`` the last epoch's. Returns the per-epoch history (means of the logged
+    scalars, the validation score, the learning rate).
+    """
+    if select not in ("valid", "last"):
+        raise ValueError(f"select must be 'valid' or 'last', not {select!r}")
+    params = [p for p in params if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    device = loader.device
+    amp = device.type == "cuda"
+    history: list[dict[str, float]] = []
+    best_score, best_state, start = -float("inf"), None, 0
+    ckpt = Path(checkpoint) if checkpoint else None
+    if ckpt is not None and ckpt.exists():
+        state = load_checkpoint(ckpt)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        start, history = int(state["epoch"]), list(state["history"])
+        best_score, best_state = float(state["best_score"]), state["best_state"]
+        loader.epoch = start
+    bar = tqdm(range(start, epochs), desc=desc, leave=False, initial=start, total=epochs,
+               disable=epochs == 0)
+    for epoch in bar:
+        factor = lr_schedule(epoch) if lr_schedule else 1.0
+        for group in opt.param_groups:
+            group["lr"] = lr * factor
+        model.train()
+        sums: dict[str, float] = {}
+        n = 0
+        for batch in loader:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logs = loss_fn(batch, epoch)
+            opt.zero_grad(set_to_none=True)
+            logs["loss"].backward()
+            opt.step()
+            bs = len(batch)
+            n += bs
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * bs
+        record = {k: v / max(n, 1) for k, v in sums.items()}
+        record["epoch"], record["lr"] = epoch + 1, lr * factor
+        if validate is not None:
+            model.eval()
+            score = float(validate())
+            record["valid_score"] = score
+            if score > best_score:
+                best_score, best_state = score, copy.deepcopy(model.state_dict())
+        history.append(record)
+        bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}",
+                        **({"valid": f"{record['valid_score']:.3f}"} if validate else {}))
+        if ckpt is not None:
+            atomic_save({"model": model.state_dict(), "optim": opt.state_dict(),
+                         "epoch": epoch + 1, "history": history, "best_score": best_score,
+                         "best_state": best_state}, ckpt)
+    if select == "valid" and best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    if ckpt is not None and ckpt.exists():
+        ckpt.unlink()  # the caller stores the final weights; the resume state is no longer needed
+    return history

@@ -1,0 +1,1 @@
+"""Explainers, one per file; registered by name in ``audio_xai_bench.registry``."""
