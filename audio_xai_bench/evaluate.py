@@ -8,7 +8,9 @@ average (paper IV-C; per-sample matching and the authors' draw-from-all are opti
 Wilcoxon test of FF against that baseline, class-wise FF medians, and on tasks with true
 sources the ground-truth overlap of the interpretation x_int = INV(Σ_{k∈L} X_k, P_x).
 f(x) is taken on the original clip's log-mel and f(x₂) on the re-synthesised and re-analysed
-waveform, as in the authors' code.
+waveform, as in the authors' code. For a by-design method (``posthoc = False`` with the
+``predict`` capability) the model explained is its own predictor g, so the pairs and FF use
+g's probabilities; f's rows (``classifier/*``) are then the BASE-f reference of Table VIII.
 """
 from __future__ import annotations
 
@@ -84,8 +86,18 @@ class Scorer:
         self.caps = set(explainer.capabilities)
 
     # -- helpers --------------------------------------------------------------------------
+    @property
+    def explains_own_model(self) -> bool:
+        return not self.ex.posthoc and "predict" in self.caps
+
     def _f_probs(self, logmel: Tensor) -> Tensor:
         return probabilities(self.f(logmel), self.kind)
+
+    def _model_probs(self, batch: Batch) -> Tensor:
+        """Probabilities of the model being explained: f, or g for by-design methods."""
+        if self.explains_own_model:
+            return self.ex.predict(batch).float()
+        return self._f_probs(batch.logmel)
 
     def _pairs(self, f_prob: Tensor) -> tuple[Tensor, Tensor]:
         """(row, class) pairs explained: argmax for multiclass, every class above the
@@ -101,9 +113,10 @@ class Scorer:
                        ("wave", "X", "phase", "logmel", "target", "mask", "index")))
 
     def _removed_prob(self, sub: Batch, removed: Tensor, classes: Tensor) -> Tensor:
-        logmel = self.data.frontend.reanalyze_logmel(sub.X - removed, sub.phase,
-                                                     sub.wave.shape[-1])
-        p = self._f_probs(logmel)
+        fe = self.data.frontend
+        wave = fe.invert(sub.X - removed, sub.phase, sub.wave.shape[-1])
+        X, phase, logmel = fe.analyze(wave)
+        p = self._model_probs(Batch(wave, X, phase, logmel, sub.target, sub.mask, sub.index))
         return p[torch.arange(len(classes), device=p.device), classes]
 
     # -- main -----------------------------------------------------------------------------
@@ -126,12 +139,13 @@ class Scorer:
                 g_all.append(self.ex.predict(batch).float().cpu())
             if not explain:
                 continue
-            rows, classes = self._pairs(f_prob)
+            m_prob = g_all[-1].to(f_prob.device) if self.explains_own_model else f_prob
+            rows, classes = self._pairs(m_prob)
             if len(rows) == 0:
                 continue
             sub = self._subset(batch, rows)
             e = self.ex.explain(sub, classes)
-            p0 = f_prob[rows, classes]
+            p0 = m_prob[rows, classes]
             rel_all.append(e.relevance.float().cpu())
             cols: dict[str, Tensor] = {}
             sels = []
@@ -220,13 +234,13 @@ class Scorer:
         out = {tau: [] for tau in taus}
         offset = 0
         for batch in tqdm(self.loader, desc="random baseline", leave=False):
-            f_prob = self._f_probs(batch.logmel)
-            rows, classes = self._pairs(f_prob)
+            m_prob = self._model_probs(batch)
+            rows, classes = self._pairs(m_prob)
             if len(rows) == 0:
                 continue
             sub = self._subset(batch, rows)
             e = self.ex.explain(sub, classes)
-            p0 = f_prob[rows, classes]
+            p0 = m_prob[rows, classes]
             n = len(rows)
             for i, tau in enumerate(taus):
                 sel = sels[i, offset:offset + n].to(e.relevance.device)

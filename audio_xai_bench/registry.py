@@ -113,6 +113,22 @@ for _name, _spec in {
     "l2i": "audio_xai_bench.methods.l2i:L2I",
     "l2i-max": "audio_xai_bench.methods.l2i:L2IMax",
     "random": "audio_xai_bench.methods.random_baseline:RandomExplainer",
+    "l2i-bd": "audio_xai_bench.methods.l2i_bd:L2IByDesign",
+    "l2i-bd-nopred": "audio_xai_bench.methods.l2i_bd:L2IByDesignNoPred",
+    "l2i-posthoc": "audio_xai_bench.methods.l2i_bd:L2IPosthocPredictor",
+    "flint": "audio_xai_bench.methods.flint:FLINT",
+    "flint-bd": "audio_xai_bench.methods.flint:FLINTByDesign",
+    "vibi": "audio_xai_bench.methods.vibi:VIBI",
+    "slime": "audio_xai_bench.methods.slime:SLIME",
+    "slime-time": "audio_xai_bench.methods.slime:SLIMETime",
+    "slime-freq": "audio_xai_bench.methods.slime:SLIMEFreq",
+    "apnet": "audio_xai_bench.methods.apnet:APNet",
+    "nmf-unsup": "audio_xai_bench.methods.nmf_baselines:UnsupervisedNMF",
+    "tdl-nmf": "audio_xai_bench.methods.nmf_baselines:TDLNMF",
+    "saliency": "audio_xai_bench.methods.attribution:SaliencyRegions",
+    "integrated-gradients": "audio_xai_bench.methods.attribution:IntegratedGradientsRegions",
+    "gradcam": "audio_xai_bench.methods.attribution:GradCAMRegions",
+    "occlusion": "audio_xai_bench.methods.attribution:OcclusionRegions",
 }.items():
     METHODS.add_lazy(_name, _spec)
 
