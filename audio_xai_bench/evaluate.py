@@ -54,6 +54,7 @@ class EvalResult:
     per_sample: pd.DataFrame
     pairs: pd.DataFrame
     listen: list[dict[str, Any]] = field(default_factory=list)
+    relevance: np.ndarray | None = None  # (n_pairs, K), rows aligned with ``pairs``
 
 
 def _label_metrics(prefix: str, probs: np.ndarray, target: np.ndarray, mask: np.ndarray,
@@ -174,7 +175,8 @@ class Scorer:
             self._random_baseline(pairs, torch.cat(sel_all, 1))
         metrics = self._metrics(f_probs, s_all, g_all, pairs)
         per_sample = self._per_sample(f_probs, s_all, g_all)
-        return EvalResult(metrics, per_sample, pairs, listen)
+        relevance = torch.cat(rel_all).numpy() if rel_all else None
+        return EvalResult(metrics, per_sample, pairs, listen, relevance)
 
     def _groundtruth(self, sub: Batch, rows: Tensor, classes: Tensor, keep: Tensor,
                      tau: float, batch: Batch) -> dict[str, Tensor]:

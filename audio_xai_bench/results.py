@@ -3,7 +3,8 @@
 ``runs/<task>/<method>/<fold>-<seed>-<confighash>/`` holds ``config.json``, ``metrics.json``
 (a flat ``{name: value}`` map), ``per_sample.csv`` (one row per test clip), ``pairs.csv`` (one
 row per explained (clip, class) pair: FF at each τ, random baseline, ground truth),
-``history.csv`` (training curves), ``interpretations/*.wav`` and ``done.json``. A cell is
+``history.csv`` (training curves), ``relevance.npy`` (relevance vectors of the pairs),
+``interpretations/*.wav`` and ``done.json``. A cell is
 written into a hidden temporary folder and renamed into place only when complete, so an
 interrupted run leaves no half-written cell: a folder without ``done.json`` is never read.
 """
@@ -64,7 +65,7 @@ def write_json(path: Path, obj: Any) -> None:
 
 def write_cell(path: Path, *, config: dict, metrics: dict[str, float], per_sample: pd.DataFrame,
                pairs: pd.DataFrame, history: pd.DataFrame | None, listen: list[dict],
-               sample_rate: int, done: dict) -> None:
+               sample_rate: int, done: dict, relevance: np.ndarray | None = None) -> None:
     """Write every file of a cell into a temporary sibling, then rename it into place."""
     import soundfile as sf
 
@@ -75,6 +76,8 @@ def write_cell(path: Path, *, config: dict, metrics: dict[str, float], per_sampl
         write_json(tmp / "metrics.json", metrics)
         per_sample.to_csv(tmp / "per_sample.csv", index=False)
         pairs.to_csv(tmp / "pairs.csv", index=False)
+        if relevance is not None:
+            np.save(tmp / "relevance.npy", relevance.astype(np.float32))
         if history is not None and len(history):
             history.to_csv(tmp / "history.csv", index=False)
         wav_dir = tmp / "interpretations"

@@ -245,7 +245,8 @@ def _run_cell(spec: RunSpec, task: Task, fold, seed: int, method_cls, method_cfg
     t0 = time.time()
     fe_cfg = task.frontend
     report = LoadReport()
-    kw = {"on_bad_file": spec.on_bad_file, "report": report}
+    kw = {"on_bad_file": spec.on_bad_file, "report": report, "cache_dir": cache,
+          "namespace": task.name}
     data = TaskData(task=task, fold=fold.name,
                     train=materialize(fold.train, fe_cfg, desc="train", **kw),
                     valid=materialize(fold.valid, fe_cfg, desc="valid", **kw),
@@ -279,7 +280,7 @@ def _run_cell(spec: RunSpec, task: Task, fold, seed: int, method_cls, method_cfg
     history = pd.DataFrame(explainer.history) if explainer.history else None
     write_cell(path, config=config, metrics=metrics, per_sample=result.per_sample,
                pairs=result.pairs, history=history, listen=result.listen,
-               sample_rate=fe_cfg.sample_rate, done=done)
+               sample_rate=fe_cfg.sample_rate, done=done, relevance=result.relevance)
     clf_hist = pd.DataFrame(f_info.get("history") or [])
     if len(clf_hist):
         clf_hist.to_csv(path / "classifier_history.csv", index=False)

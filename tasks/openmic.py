@@ -188,7 +188,7 @@ class OpenMICTask(Task):
         return [Fold("0", self._examples(rows["train"]), self._examples(rows["valid"]),
                      self._examples(rows["test"]))]
 
-    def dictionary_recipe(self, train_X, train_target, k, seed=0):
+    def dictionary_recipe(self, train_X, train_target, k, seed=0, mu=0.8, n_iter=100):
         import torch
 
         o = self.options
@@ -200,7 +200,7 @@ class OpenMICTask(Task):
         else:
             per_class = [15] * C
         clips = int(o.get("dict_clips_per_class", 500))
-        nmf_kwargs = {key: o[f"dict_{key}"] for key in ("mu", "n_iter") if f"dict_{key}" in o}
+        nmf_kwargs = {"mu": float(o.get("dict_mu", mu)), "n_iter": int(o.get("dict_n_iter", n_iter))}
         tgt = np.asarray(train_target.cpu().numpy() if hasattr(train_target, "cpu")
                          else train_target) > 0.5
         positives = [np.flatnonzero(tgt[:, c]) for c in range(C)]
@@ -211,7 +211,7 @@ class OpenMICTask(Task):
         return W, {"recipe": "OpenMIC-2018 (paper IV-B3): per class, atoms from random "
                              "positive training clips, stacked",
                    "atoms_per_class": per_class, "clips_per_class": clips,
-                   "nmf": nmf_kwargs or "nmf.sparse_nmf defaults", "blocks": records,
+                   "nmf": nmf_kwargs, "blocks": records,
                    "K_total": int(W.shape[1]), "requested_k": None if k is None else int(k)}
 
     def describe(self) -> dict[str, Any]:

@@ -194,7 +194,7 @@ class SonycUSTTask(Task):
                      self._examples("test", rng))]
 
     # dictionary (paper IV-B3) -----------------------------------------------------------------
-    def dictionary_recipe(self, train_X, train_target, k, seed=0):
+    def dictionary_recipe(self, train_X, train_target, k, seed=0, mu=0.8, n_iter=100):
         import torch
 
         o = self.options
@@ -215,7 +215,7 @@ class SonycUSTTask(Task):
             noise_atoms = int(o.get("dict_noise_atoms", split[0] if include_noise else min(split)))
         else:
             per_class, noise_atoms = [10] * len(classes), int(o.get("dict_noise_atoms", 10))
-        nmf_kwargs = {key: o[f"dict_{key}"] for key in ("mu", "n_iter") if f"dict_{key}" in o}
+        nmf_kwargs = {"mu": float(o.get("dict_mu", mu)), "n_iter": int(o.get("dict_n_iter", n_iter))}
         clips_per_class = int(o.get("dict_clips_per_class", 700))
         noise_clips = int(o.get("dict_noise_clips", 1000))
 
@@ -227,7 +227,7 @@ class SonycUSTTask(Task):
                       "then per-class atoms from random positive clips with W_noise fixed",
             "include_noise": include_noise, "classes": classes, "atoms_per_class": per_class,
             "noise_atoms": noise_atoms, "clips_per_class": clips_per_class,
-            "noise_clips_max": noise_clips, "nmf": nmf_kwargs or "nmf.sparse_nmf defaults"}
+            "noise_clips_max": noise_clips, "nmf": nmf_kwargs}
         noise_blocks, noise_rec = L.block_dictionary(
             train_X, [noise_rows], [noise_atoms], seed, max_clips=noise_clips, names=["noise"],
             nmf_kwargs=nmf_kwargs)
