@@ -62,7 +62,7 @@ class KumarCNN(nn.Module):
         """Pad time/frequency (with the input's floor) to at least 64 so six pools fit."""
         pt, pf = max(0, minimum - x.shape[2]), max(0, minimum - x.shape[3])
         if pt or pf:
-            x = nn.functional.pad(x, (0, pf, 0, pt), value=float(x.amin()))
+            x = nn.functional.pad(x, (0, pf, 0, pt), value=float(x.detach().amin()))
         return x
 
     def forward_hidden(self, logmel: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

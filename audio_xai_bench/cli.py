@@ -53,6 +53,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                    on_bad_file=args.on_bad_file, classifier_weights=args.classifier_weights)
     records = run(spec)
     table = summarize(records)
+    from .leaderboard import write_aggregate
+
+    for path in write_aggregate(records):
+        print(f"aggregate over {len(records)} cell(s): {path}")
     import pandas as pd
 
     with pd.option_context("display.max_rows", 200, "display.width", 120):
@@ -100,6 +104,69 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .leaderboard import collect, format_summary, publish, summary
+
+    long_df = collect(args.out, args.task)
+    if not len(long_df):
+        print(f"no finished cell under {args.out}" + (f" for task {args.task}" if args.task else ""),
+              file=sys.stderr)
+        return 1
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    for task in sorted(long_df["task"].unique()):
+        part = long_df[long_df["task"] == task]
+        table = format_summary(summary(part), metrics)
+        with pd.option_context("display.max_rows", 500, "display.max_columns", 50,
+                               "display.width", 250, "display.max_colwidth", 40):
+            print(f"\n{task}: {part['run_id'].nunique()} cell(s), mean ± std over cells (#rank)")
+            print(table.drop(columns=["task"]).to_string(index=False))
+        if args.publish:
+            path, spath = publish(part, task, args.root)
+            print(f"published {path} and {spath}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .compare import compare
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    table = compare(args.out, args.task, methods, args.metric, alpha=args.alpha,
+                    n_boot=args.n_boot)
+    with pd.option_context("display.max_rows", 500, "display.max_columns", 50,
+                           "display.width", 250):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if args.csv:
+        target = args.csv
+    else:
+        tag = (args.metric or "main").replace("/", "_").replace(",", "+")
+        target = os.path.join(args.out, args.task, f"compare_{tag}.csv")
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    table.to_csv(target, index=False)
+    print(f"written {target}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import report_cell, report_cells
+
+    if args.run:
+        pages = [report_cell(args.run, tau=args.tau)]
+    elif args.task:
+        pages = report_cells(args.out, args.task, args.method, tau=args.tau)
+    else:
+        raise ValueError("report needs --run DIR or --task T [--method M]")
+    if not pages:
+        print("no finished cell found", file=sys.stderr)
+        return 1
+    for page in pages:
+        print(f"written {page}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="audio-xai-bench",
                                 description="Evaluate interpretability methods of audio "
@@ -135,6 +202,37 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--profile", default="default", choices=["default", "small"])
     pr.add_argument("--on-bad-file", default="fail", choices=["fail", "skip"])
     pr.set_defaults(func=cmd_prepare)
+
+    lb = sub.add_parser("leaderboard", help="summarise finished runs (mean ± std, ranks) and "
+                                            "optionally publish the long-format CSVs")
+    lb.add_argument("--task", default=None, help="one task (default: every task under --out)")
+    lb.add_argument("--out", default="runs", help="results root (default: runs)")
+    lb.add_argument("--metrics", default=None,
+                    help="comma-separated metrics to print (default: the main ones present)")
+    lb.add_argument("--publish", action="store_true",
+                    help="merge the rows into ROOT/<task>.csv and rewrite ROOT/<task>_summary.csv")
+    lb.add_argument("--root", default="leaderboard", help="leaderboard folder (default: leaderboard)")
+    lb.set_defaults(func=cmd_leaderboard)
+
+    cp = sub.add_parser("compare", help="pairwise significance tests between methods")
+    cp.add_argument("--task", required=True)
+    cp.add_argument("--methods", required=True, help="comma-separated methods, e.g. l2i,random")
+    cp.add_argument("--metric", default=None,
+                    help="metric name(s), comma-separated (default: the task's main ones)")
+    cp.add_argument("--out", default="runs", help="results root (default: runs)")
+    cp.add_argument("--csv", default=None,
+                    help="output CSV (default: OUT/<task>/compare_<metric>.csv)")
+    cp.add_argument("--alpha", type=float, default=0.05, help="level after Holm (default 0.05)")
+    cp.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (multilabel)")
+    cp.set_defaults(func=cmd_compare)
+
+    rp = sub.add_parser("report", help="plots and an HTML page for run cells")
+    rp.add_argument("--run", default=None, help="one cell folder")
+    rp.add_argument("--task", default=None, help="all cells of a task (with --out)")
+    rp.add_argument("--method", default=None, help="only this method's cells")
+    rp.add_argument("--out", default="runs", help="results root (default: runs)")
+    rp.add_argument("--tau", type=float, default=0.1, help="τ of the class-wise plot")
+    rp.set_defaults(func=cmd_report)
     return p
 
 

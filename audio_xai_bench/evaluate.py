@@ -42,6 +42,7 @@ class EvalConfig:
     listen: int = 4                 # test pairs written as WAV interpretations
     listen_tau: float = 0.1
     batch_size: int = 16
+    keep_bytes: float = 1.5e9       # explanations kept for the random-baseline pass (else redone)
     seed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -129,6 +130,8 @@ class Scorer:
         f_all, s_all, g_all = [], [], []
         pair_rows: list[dict[str, Any]] = []
         rel_all, sel_all = [], []
+        kept: list[tuple | None] = []  # per batch with pairs: (sub, explanation, classes, p0)
+        kept_bytes = 0.0
         listen: list[dict[str, Any]] = []
         has_sources = split.sources is not None
         for batch in tqdm(self.loader, desc="evaluating", leave=False):
@@ -161,6 +164,12 @@ class Scorer:
                 if tau == cfg.listen_tau and len(listen) < cfg.listen:
                     listen.extend(self._listen(sub, e, sel, classes, cfg.listen - len(listen)))
             sel_all.append(torch.stack(sels, 0))  # (n_tau, n, K)
+            size = sub.X.numel() * 12  # X + complex phase, the bulk of what is kept
+            if kept_bytes + size <= cfg.keep_bytes:
+                kept.append((sub, e, classes, p0))
+                kept_bytes += size
+            else:
+                kept.append(None)
             ids = [split.ids[int(i)] for i in sub.index.cpu()]
             cl = classes.cpu().tolist()
             base = {k: v.float().cpu().numpy() for k, v in cols.items()}
@@ -172,7 +181,7 @@ class Scorer:
         f_probs = torch.cat(f_all).numpy()
         pairs = pd.DataFrame(pair_rows)
         if explain and len(pairs):
-            self._random_baseline(pairs, torch.cat(sel_all, 1))
+            self._random_baseline(pairs, torch.cat(sel_all, 1), kept)
         metrics = self._metrics(f_probs, s_all, g_all, pairs)
         per_sample = self._per_sample(f_probs, s_all, g_all)
         relevance = torch.cat(rel_all).numpy() if rel_all else None
@@ -228,29 +237,43 @@ class Scorer:
         s[n:] = False
         return e.mixture(s)[:n]
 
-    def _random_baseline(self, pairs: pd.DataFrame, sels: Tensor) -> None:
+    def _batches_with_pairs(self, kept: list[tuple | None]):
+        """The pass-1 explanations again: kept ones as they are, the others recomputed
+        (explain is deterministic, so both give the same components)."""
+        it = iter(kept)
+        for batch in self.loader:
+            m_prob = self._model_probs(batch)
+            rows, classes = self._pairs(m_prob)
+            if len(rows) == 0:
+                continue
+            item = next(it)
+            if item is None:
+                sub = self._subset(batch, rows)
+                item = (sub, self.ex.explain(sub, classes), classes, m_prob[rows, classes])
+            yield item
+
+    def _random_baseline(self, pairs: pd.DataFrame, sels: Tensor,
+                         kept: list[tuple | None]) -> None:
         """Second pass: remove as many random components as L holds, from outside L."""
         cfg, taus = self.cfg, self.cfg.taus
         counts = [ffm.baseline_counts(sels[i], cfg.baseline_count) for i in range(len(taus))]
         g = torch.Generator().manual_seed(cfg.seed + 7919)
         out = {tau: [] for tau in taus}
         offset = 0
-        for batch in tqdm(self.loader, desc="random baseline", leave=False):
-            m_prob = self._model_probs(batch)
-            rows, classes = self._pairs(m_prob)
-            if len(rows) == 0:
-                continue
-            sub = self._subset(batch, rows)
-            e = self.ex.explain(sub, classes)
-            p0 = m_prob[rows, classes]
-            n = len(rows)
+        if all(k is not None for k in kept):
+            items = iter(kept)
+        else:
+            items = self._batches_with_pairs(kept)
+        for sub, e, classes, p0 in tqdm(items, total=len(kept), desc="random baseline",
+                                        leave=False):
+            n = len(classes)
             for i, tau in enumerate(taus):
-                sel = sels[i, offset:offset + n].to(e.relevance.device)
+                sel = sels[i, offset:offset + n]
                 cnt = counts[i][offset:offset + n]
                 if cfg.baseline_pool == "outside":
-                    rnd = ffm.random_outside(sel.cpu(), cnt.cpu(), g)
+                    rnd = ffm.random_outside(sel, cnt, g)
                 else:
-                    rnd = ffm.random_any(n, sel.shape[1], cnt.cpu(), g)
+                    rnd = ffm.random_any(n, sel.shape[1], cnt, g)
                 removed = e.mixture(rnd.to(e.relevance.device))
                 out[tau].append(ffm.ff_values(p0, self._removed_prob(sub, removed, classes)).cpu())
             offset += n

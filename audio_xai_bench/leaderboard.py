@@ -196,8 +196,9 @@ def _count_n(name: str, metrics: Mapping[str, float], class_counts: Mapping[str,
     group, _ = _stem(name)
     n_test = metrics.get("n_test", np.nan)
     n_pairs = metrics.get("faithfulness/n_pairs", np.nan)
-    if group == "classwise":
-        cls = name.split("@", 1)[1].split("/", 1)[1] if "@" in name and "/" in name.split("@", 1)[1] else ""
+    if group == "classwise":  # classwise/<metric>@<tau>/<class>
+        tail = name.split("@", 1)[1] if "@" in name else ""
+        cls = tail.split("/", 1)[1] if "/" in tail else ""
         return float(class_counts.get(cls, np.nan))
     if group in ("faithfulness", "groundtruth"):
         return float(n_pairs)
@@ -244,7 +245,9 @@ def cell_rows(path: str | os.PathLike, defaults_cache: dict | None = None) -> pd
         rows.append({**base, "metric": name, "value": value,
                      "n": _count_n(name, metrics, class_counts),
                      "higher_is_better": "" if hib is None else bool(hib)})
-    return pd.DataFrame(rows, columns=COLUMNS)
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df["n"] = pd.to_numeric(df["n"], errors="coerce").round().astype("Int64")
+    return df
 
 
 def collect(out: str | os.PathLike = "runs", task: str | None = None,
@@ -302,8 +305,7 @@ def summary(long_df: pd.DataFrame, metrics: Iterable[str] | None = None,
             continue
         stats.loc[idx, "rank"] = stats.loc[idx, "mean"].rank(ascending=not hib, method="min")
     order = list(dict.fromkeys(sorted(stats["metric"].unique(), key=_metric_sort_key)))
-    wide = stats.pivot_table(index=keys, columns="metric", values=["mean", "std", "rank"],
-                             aggfunc="first", dropna=False)
+    wide = stats.set_index(keys + ["metric"])[["mean", "std", "rank"]].unstack("metric")
     cols = {}
     for m in order:
         for stat in ("mean", "std", "rank"):
@@ -362,6 +364,7 @@ def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
             df.to_csv(fh, index=False)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; published files are meant to be read
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -389,7 +392,7 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
         lambda v: "" if v is None else str(bool(v)))
     df["seed"] = pd.to_numeric(df["seed"], errors="coerce").astype("Int64")
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
-    df["n"] = pd.to_numeric(df["n"], errors="coerce")
+    df["n"] = pd.to_numeric(df["n"], errors="coerce").round().astype("Int64")
     return df
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audio_xai_bench.api import (Batch, Explainer, SegmentExplanation, TaskData,

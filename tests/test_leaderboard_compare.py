@@ -1,0 +1,348 @@
+"""Leaderboard (long format, summary, publish), compare (significance) and report, on hand-made
+run cells written with ``results.write_cell``; one end-to-end CLI run on synth small."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from audio_xai_bench import leaderboard as lb
+from audio_xai_bench.compare import compare
+from audio_xai_bench.results import cell_dir, config_hash, find_cells, read_cell, write_cell
+
+CLASSES = ["tone", "sweep", "noise"]
+TAUS = (0.9, 0.5, 0.1)
+
+
+def make_cell(out: Path, method: str, seed: int, metrics: dict, *, task: str = "toy",
+              pairs: pd.DataFrame | None = None, per_sample: pd.DataFrame | None = None,
+              relevance: np.ndarray | None = None, history: pd.DataFrame | None = None,
+              listen: list | None = None, fold: str = "0", date: str = "2024-01-01T00:00:00",
+              kind: str = "multiclass", profile: str = "default") -> Path:
+    chash = config_hash({"m": method, "s": seed, "f": fold, "p": profile})
+    config = {"method": method, "task": {"name": task, "kind": kind,
+                                         "classes": CLASSES, "profile": "default"},
+              "fold": fold, "seed": seed, "method_config": {"K": 4}, "profile": profile,
+              "eval_config": {"seed": seed}, "config_hash": chash,
+              "versions": {"git_commit": "abc1234", "audio_xai_bench": "0.1.0"}}
+    path = cell_dir(out, task, method, fold, seed, chash)
+    write_cell(path, config=config, metrics=metrics,
+               per_sample=per_sample if per_sample is not None else pd.DataFrame({"id": ["a"]}),
+               pairs=pairs if pairs is not None else pd.DataFrame({"id": []}),
+               history=history, listen=listen or [], sample_rate=8000,
+               done={"wall_s": 10.0 + seed, "date": date, "device": "cpu"},
+               relevance=relevance)
+    return path
+
+
+def ff_pairs(rng: np.random.Generator, base: np.ndarray, shift: float, noise: float
+             ) -> pd.DataFrame:
+    n = base.size
+    df = pd.DataFrame({"id": [f"clip{i:03d}" for i in range(n)],
+                       "class": [CLASSES[i % 3] for i in range(n)],
+                       "class_index": [i % 3 for i in range(n)], "f_prob": 0.8})
+    for tau in TAUS:
+        df[f"ff@{tau}"] = base + shift + rng.normal(0, noise, n)
+        df[f"n_selected@{tau}"] = 2.0
+        df[f"random_ff@{tau}"] = rng.normal(0, noise, n)
+        df[f"random_n@{tau}"] = 2.0
+    return df
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures
+# ---------------------------------------------------------------------------------------------
+FF = {"alpha": [0.1, 0.2, 0.3], "beta": [0.4, 0.5, 0.6], "gamma": [0.0, 0.0, 0.3]}
+ACC = {"alpha": [0.5, 0.7, 0.9], "beta": [0.6, 0.6, 0.6], "gamma": [0.9, 0.9, 0.9]}
+RND = {"alpha": [0.05, 0.05, 0.05], "beta": [0.0, 0.1, 0.2], "gamma": [0.3, 0.3, 0.3]}
+
+
+def toy_metrics(method: str, seed: int) -> dict:
+    return {"n_test": 30.0, "faithfulness/n_pairs": 12.0,
+            "official/accuracy_top1": ACC[method][seed],
+            "faithfulness/ff_median@0.1": FF[method][seed],
+            "faithfulness/random_ff_median@0.1": RND[method][seed],
+            "faithfulness/n_selected_mean@0.1": 2.0,
+            "classwise/ff_median@0.1/tone": FF[method][seed]}
+
+
+@pytest.fixture()
+def toy_runs(tmp_path):
+    out = tmp_path / "runs"
+    pairs = pd.DataFrame({"id": [f"c{i}" for i in range(12)],
+                          "class": ["tone"] * 5 + ["sweep"] * 7, "ff@0.1": 0.0})
+    for m in ("alpha", "beta", "gamma"):
+        for s in range(3):
+            make_cell(out, m, s, toy_metrics(m, s), pairs=pairs)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# leaderboard
+# ---------------------------------------------------------------------------------------------
+def test_higher_is_better_rules():
+    hib = lb.higher_is_better
+    assert hib("faithfulness/ff_median@0.1") is True
+    assert hib("faithfulness/ff_mean@0.5") is True
+    assert hib("faithfulness/random_ff_median@0.1") is False
+    assert hib("faithfulness/wilcoxon_p@0.1") is False
+    assert hib("faithfulness/n_selected_mean@0.1") is None
+    assert hib("faithfulness/n_pairs") is None and hib("n_test") is None
+    assert hib("fidelity/top1") is True and hib("fidelity/macro_auprc_11pt") is True
+    assert hib("classifier/accuracy_top5") is True and hib("official/weighted_f1") is True
+    assert hib("classification/macro_auprc") is True
+    assert hib("classwise/ff_median@0.1/dog") is True
+    assert hib("classwise/random_ff_median@0.1/dog") is False
+    assert hib("groundtruth/si_sdri_median@0.3") is True
+    assert hib("groundtruth/energy_precision_mean@0.3") is True
+    assert hib("groundtruth/energy_precision_input_mean") is None
+    assert hib("resources/wall_s") is False
+
+
+def test_collect_long_format(toy_runs):
+    df = lb.collect(toy_runs, "toy")
+    assert list(df.columns) == lb.COLUMNS
+    # 9 cells x (7 metrics + resources/wall_s)
+    assert len(df) == 9 * 8
+    assert set(df["method"]) == {"alpha", "beta", "gamma"}
+    assert set(df["variant"]) == {""}
+    assert df["run_id"].nunique() == 9 and (df["git_commit"] == "abc1234").all()
+    row = df[(df.method == "beta") & (df.seed == 1) & (df.metric == "faithfulness/ff_median@0.1")]
+    assert row["value"].item() == pytest.approx(0.5) and row["n"].item() == 12
+    assert row["higher_is_better"].item() is True
+    assert df[(df.metric == "official/accuracy_top1")]["n"].eq(30).all()
+    # class-wise n = pairs of that class in pairs.csv
+    assert df[df.metric == "classwise/ff_median@0.1/tone"]["n"].eq(5).all()
+    assert df[df.metric == "faithfulness/n_selected_mean@0.1"]["higher_is_better"].eq("").all()
+    assert (df[df.metric == "resources/wall_s"].sort_values(["method", "seed"])["value"]
+            .to_numpy() == np.tile([10.0, 11.0, 12.0], 3)).all()
+
+
+def test_summary_means_stds_ranks(toy_runs):
+    wide = lb.summary(lb.collect(toy_runs, "toy")).set_index("method")
+    assert (wide["n_cells"] == 3).all()
+    ff = "faithfulness/ff_median@0.1"
+    assert wide.loc["alpha", f"{ff}:mean"] == pytest.approx(0.2)
+    assert wide.loc["alpha", f"{ff}:std"] == pytest.approx(0.1)
+    assert wide.loc["gamma", f"{ff}:mean"] == pytest.approx(0.1)
+    assert wide.loc["gamma", f"{ff}:std"] == pytest.approx(np.std([0, 0, 0.3], ddof=1))
+    assert wide[f"{ff}:rank"].to_dict() == {"alpha": 2, "beta": 1, "gamma": 3}
+    acc = "official/accuracy_top1"
+    assert wide[f"{acc}:mean"].to_dict() == pytest.approx({"alpha": 0.7, "beta": 0.6, "gamma": 0.9})
+    assert wide.loc["beta", f"{acc}:std"] == pytest.approx(0.0)
+    assert wide[f"{acc}:rank"].to_dict() == {"alpha": 2, "beta": 3, "gamma": 1}
+    rnd = "faithfulness/random_ff_median@0.1"  # lower is better
+    assert wide[f"{rnd}:rank"].to_dict() == {"alpha": 1, "beta": 2, "gamma": 3}
+    assert wide["faithfulness/n_selected_mean@0.1:rank"].isna().all()
+    assert not any(c.startswith("classwise/") for c in wide.columns)
+    text = lb.format_summary(wide.reset_index())
+    assert text.set_index("method").loc["beta", ff] == "0.500 ± 0.100 (#1)"
+    # a second variant of one method is its own row; no spurious (method, variant) rows
+    make_cell(toy_runs, "alpha", 0, toy_metrics("beta", 2), profile="small")
+    wide2 = lb.summary(lb.collect(toy_runs, "toy"))
+    assert len(wide2) == 4 and wide2["n_cells"].tolist() == [3, 1, 3, 3]
+    small = wide2[wide2.variant == "profile=small"].iloc[0]
+    assert small["method"] == "alpha" and small[f"{ff}:rank"] == 1
+
+
+def test_publish_merges_and_replaces(toy_runs, tmp_path):
+    root = tmp_path / "leaderboard"
+    full = lb.collect(toy_runs, "toy")
+    lb.publish(full[full.method.isin(["alpha", "beta"])], "toy", root)
+    first = pd.read_csv(root / "toy.csv")
+    assert len(first) == 6 * 8 and set(first.method) == {"alpha", "beta"}
+    lb.publish(full[full.method == "gamma"], "toy", root)  # a new method: old rows kept
+    second = pd.read_csv(root / "toy.csv")
+    assert len(second) == 9 * 8 and set(second.method) == {"alpha", "beta", "gamma"}
+    again = full[full.method == "alpha"].copy()
+    again.loc[again.metric == "official/accuracy_top1", "value"] = 1.0
+    lb.publish(again, "toy", root)  # same run ids: replaced, not duplicated
+    third = pd.read_csv(root / "toy.csv")
+    assert len(third) == 9 * 8
+    assert not third.duplicated(["method", "run_id", "metric"]).any()
+    assert third[(third.method == "alpha") & (third.metric == "official/accuracy_top1")
+                 ]["value"].eq(1.0).all()
+    summ = pd.read_csv(root / "toy_summary.csv").set_index("method")
+    assert summ.loc["alpha", "official/accuracy_top1:mean"] == pytest.approx(1.0)
+    assert summ.loc["alpha", "official/accuracy_top1:rank"] == 1
+    assert not list(root.glob(".toy.csv.*"))  # no temporary file left behind
+
+
+def _publisher(args):
+    out, root, method, repeats = args
+    df = lb.collect(out, "toy", method)
+    for _ in range(repeats):
+        lb.publish(df, "toy", root)
+    return len(df)
+
+
+def test_concurrent_publishers(toy_runs, tmp_path):
+    root = tmp_path / "lb"
+    ctx = mp.get_context("fork")
+    with ctx.Pool(2) as pool:
+        sizes = pool.map(_publisher, [(str(toy_runs), str(root), "alpha", 6),
+                                      (str(toy_runs), str(root), "beta", 6)])
+    df = pd.read_csv(root / "toy.csv")
+    assert set(df.method) == {"alpha", "beta"} and len(df) == sum(sizes)
+    assert not df.duplicated(["method", "run_id", "metric"]).any()
+    assert set(pd.read_csv(root / "toy_summary.csv")["method"]) == {"alpha", "beta"}
+
+
+def test_aggregate(toy_runs):
+    records = [read_cell(p) for p in find_cells(toy_runs, "toy", "alpha")]
+    agg = lb.aggregate(records).set_index("metric")
+    assert agg.loc["faithfulness/ff_median@0.1", "mean"] == pytest.approx(0.2)
+    assert agg.loc["faithfulness/ff_median@0.1", "std"] == pytest.approx(0.1)
+    assert agg.loc["faithfulness/ff_median@0.1", "n"] == 3
+    assert agg.loc["faithfulness/random_ff_median@0.1", "higher_is_better"] is False
+    paths = lb.write_aggregate(records)
+    assert paths == [toy_runs / "toy" / "alpha" / "aggregate.csv"]
+    assert len(pd.read_csv(paths[0])) == len(agg)
+    assert find_cells(toy_runs, "toy", "alpha")  # aggregate.csv is no cell
+
+
+# ---------------------------------------------------------------------------------------------
+# compare
+# ---------------------------------------------------------------------------------------------
+def _compare_runs(out: Path, rng: np.random.Generator, n_pairs: int = 60,
+                  methods=(("ref", 0.0), ("better", 0.3), ("copy", 0.0))) -> None:
+    for s in range(3):
+        base = rng.normal(0.1, 0.2, n_pairs)
+        truth = rng.random(40) < 0.7
+        for m, shift in methods:
+            pairs = ff_pairs(rng, base, shift, 0.1)
+            correct = (truth ^ (rng.random(40) < 0.1)).astype(int)
+            ps = pd.DataFrame({"id": [f"clip{i:03d}" for i in range(40)], "fid_top1": correct,
+                               "f_correct": 1})
+            met = {"faithfulness/ff_median@0.1": float(np.median(pairs["ff@0.1"])),
+                   "fidelity/top1": float(correct.mean()), "official/accuracy_top1": 1.0,
+                   "n_test": 40.0, "faithfulness/n_pairs": float(n_pairs)}
+            make_cell(out, m, s, met, pairs=pairs, per_sample=ps)
+
+
+def test_compare_finds_shift_and_holm(tmp_path):
+    from statsmodels.stats.multitest import multipletests
+
+    out = tmp_path / "runs"
+    _compare_runs(out, np.random.default_rng(0))
+    t = compare(out, "toy", ["ref", "better", "copy"])
+    assert list(t.columns) == ["metric", "method_a", "method_b", "n", "mean_a", "mean_b",
+                               "mean_diff", "effect_size", "test", "p", "p_holm", "winner", "unit"]
+    assert set(t.metric) == {"faithfulness/ff_median@0.1", "fidelity/top1",
+                             "official/accuracy_top1"}
+    ff = t[t.metric == "faithfulness/ff_median@0.1"].set_index(["method_a", "method_b"])
+    assert (ff["test"] == "wilcoxon").all() and (ff["n"] == 180).all()
+    assert ff.loc[("ref", "better"), "winner"] == "b"
+    assert ff.loc[("ref", "better"), "p_holm"] < 0.01
+    assert ff.loc[("ref", "better"), "mean_diff"] == pytest.approx(-0.3, abs=0.05)
+    assert ff.loc[("better", "copy"), "winner"] == "a"
+    assert (t[t.metric == "fidelity/top1"]["test"] == "mcnemar").all()
+    assert (t[t.metric == "fidelity/top1"]["n"] == 120).all()
+    # Holm over every row of the table, as statsmodels computes it
+    ok = t["p"].notna()
+    np.testing.assert_allclose(t.loc[ok, "p_holm"], multipletests(t.loc[ok, "p"], method="holm")[1])
+    # a metrics.json-only metric: paired t-test over the three matched (fold, seed) cells
+    tt = compare(out, "toy", ["ref", "better"], "faithfulness/n_pairs")
+    assert tt["test"].item() == "paired_t" and tt["n"].item() == 3
+
+
+def test_compare_identical_copy_rarely_significant(tmp_path):
+    significant = 0
+    for rep in range(20):
+        out = tmp_path / f"r{rep}"
+        _compare_runs(out, np.random.default_rng(100 + rep), n_pairs=40,
+                      methods=(("ref", 0.0), ("copy", 0.0)))
+        t = compare(out, "toy", ["ref", "copy"], "faithfulness/ff_median@0.1")
+        significant += int(t["p_holm"].item() < 0.05)
+        assert t["winner"].item() in ("", "a", "b")
+    assert significant <= 2
+
+
+def test_compare_falls_back_to_welch_without_shared_cells(tmp_path):
+    out = tmp_path / "runs"
+    for s in range(3):
+        make_cell(out, "x", s, {"fidelity/top1": 0.5 + 0.01 * s})
+        make_cell(out, "y", s + 10, {"fidelity/top1": 0.9 + 0.01 * s})
+    t = compare(out, "toy", ["x", "y"], "fidelity/top1")
+    assert t["test"].item() == "welch" and t["winner"].item() == "b"
+    with pytest.raises(ValueError):
+        compare(out, "toy", ["x", "nobody"])
+
+
+def test_compare_multilabel_bootstrap(tmp_path):
+    out = tmp_path / "runs"
+    rng = np.random.default_rng(0)
+    n = 80
+    for s in range(2):
+        f_prob = rng.random((n, 3))
+        y = f_prob > 0.5
+        ps = {"id": [f"c{i}" for i in range(n)],
+              "labels": [";".join(np.asarray(CLASSES)[r]) for r in y]}
+        for m, noise in (("sharp", 0.1), ("blurry", 1.0)):
+            s_prob = np.clip(y + rng.normal(0, noise, y.shape), 0, 1)
+            df = pd.DataFrame(ps)
+            for c, name in enumerate(CLASSES):
+                df[f"f_prob/{name}"] = f_prob[:, c]
+                df[f"surrogate_prob/{name}"] = s_prob[:, c]
+            make_cell(out, m, s, {"fidelity/macro_auprc": 0.5}, per_sample=df, kind="multilabel")
+    t = compare(out, "toy", ["sharp", "blurry"], "fidelity/macro_auprc", n_boot=200)
+    assert t["test"].item() == "paired_bootstrap" and t["n"].item() == 2 * n
+    assert t["mean_a"].item() > t["mean_b"].item() and t["winner"].item() == "a"
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------
+def test_report_writes_plots_and_html(tmp_path):
+    from audio_xai_bench.report import report_cell
+
+    rng = np.random.default_rng(0)
+    pairs = ff_pairs(rng, rng.normal(0.2, 0.1, 12), 0.0, 0.05)
+    hist = pd.DataFrame({"loss": [3.0, 2.0, 1.5], "fid": [1.0, 0.8, 0.7], "epoch": [1, 2, 3],
+                         "lr": 1e-3, "valid_score": [0.2, 0.4, 0.5]})
+    wave = (0.1 * np.sin(np.arange(800) / 5.0)).astype(np.float32)
+    cell = make_cell(tmp_path, "alpha", 0, {"faithfulness/ff_median@0.1": 0.2}, pairs=pairs,
+                     relevance=rng.random((12, 6)), history=hist,
+                     listen=[{"id": "clip000", "class": "tone", "input": wave,
+                              "interpretation": wave * 0.5}])
+    hist.to_csv(cell / "classifier_history.csv", index=False)
+    page = report_cell(cell)
+    names = {p.name for p in (cell / "plots").glob("*.png")}
+    assert names == {"classwise_ff.png", "ff_vs_tau.png", "tsne_relevance.png", "history.png"}
+    assert all((cell / "plots" / n).stat().st_size > 5000 for n in names)
+    text = page.read_text()
+    assert all(n in text for n in names)
+    assert text.count("<audio") == 2 and "../interpretations/" in text
+    assert "faithfulness/ff_median@0.1" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.slow  # ~40 s on a quiet 2-core machine (trains f and L2I for two seeds)
+def test_cli_end_to_end(tmp_path, capsys):
+    from audio_xai_bench.cli import main
+
+    out = str(tmp_path / "runs")
+    t0 = time.time()
+    for method in ("l2i", "random"):
+        assert main(["run", "--method", method, "--task", "synth", "--profile", "small",
+                     "--seeds", "0,1", "--out", out]) == 0
+    assert (Path(out) / "synth" / "l2i" / "aggregate.csv").is_file()
+    assert main(["leaderboard", "--task", "synth", "--out", out, "--publish", "--root",
+                 str(tmp_path / "lb")]) == 0
+    long_df = pd.read_csv(tmp_path / "lb" / "synth.csv")
+    assert set(long_df.method) == {"l2i", "random"} and long_df.run_id.nunique() == 4
+    assert main(["compare", "--task", "synth", "--methods", "l2i,random", "--out", out]) == 0
+    table = pd.read_csv(Path(out) / "synth" / "compare_main.csv")
+    assert "faithfulness/ff_median@0.1" in set(table.metric)
+    cell = find_cells(out, "synth", "l2i")[0]
+    assert main(["report", "--run", str(cell)]) == 0
+    assert (cell / "plots" / "index.html").is_file() and (cell / "plots" / "history.png").is_file()
+    printed = capsys.readouterr().out
+    assert "±" in printed and "wilcoxon" in printed
+    print(f"end to end: {time.time() - t0:.1f} s")
