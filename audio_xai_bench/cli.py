@@ -1,4 +1,4 @@
-"""Command line: ``audio-xai-bench run | list | prepare | leaderboard | compare``."""
+"""Command line: ``audio-xai-bench run | list | prepare | leaderboard | compare | report``."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +23,8 @@ METRIC_DOCS: dict[str, str] = {
     "groundtruth/si_sdri_median@tau": "SI-SDR(x_int, source) - SI-SDR(x, source), dB (synth)",
     "groundtruth/energy_precision_mean@tau": "share of x_int's energy inside the oracle class mask",
     "groundtruth/energy_precision_input_mean": "the same share for the input itself",
+    "groundtruth/mask_precision_mean@tau": "share of x_int's log1p magnitude inside the oracle mask",
+    "groundtruth/mask_precision_input_mean": "the same share for the input itself",
 }
 
 

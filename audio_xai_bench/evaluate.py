@@ -207,8 +207,14 @@ class Scorer:
         oracle = gt.oracle_mask(src_mag, mix_mag)
         prec = gt.mask_energy_precision(torch.expm1(keep), oracle)
         out[f"energy_precision@{tau}"] = torch.where(empty, nan, prec)
+        # the same share in the log1p domain, where Algorithm 1's soft masks are additive
+        # (sum_k X_k = X): does the mask X_int / X put its weight on the source's bins?
+        m = oracle.to(keep.dtype)
+        mass = (keep * m).sum((1, 2)) / keep.sum((1, 2)).clamp_min(1e-12)
+        out[f"mask_precision@{tau}"] = torch.where(empty, nan, mass)
         if tau == self.cfg.taus[0]:
             out["energy_precision_input"] = gt.mask_energy_precision(mix_mag, oracle)
+            out["mask_precision_input"] = (sub.X * m).sum((1, 2)) / sub.X.sum((1, 2)).clamp_min(1e-12)
         return out
 
     def _listen(self, sub: Batch, e, sel: Tensor, classes: Tensor, n: int) -> list[dict]:
@@ -340,9 +346,13 @@ class Scorer:
                     m[f"groundtruth/si_sdri_median@{tau}"] = float(pairs[f"si_sdri@{tau}"].median())
                     m[f"groundtruth/energy_precision_mean@{tau}"] = float(
                         pairs[f"energy_precision@{tau}"].mean())
+                    m[f"groundtruth/mask_precision_mean@{tau}"] = float(
+                        pairs[f"mask_precision@{tau}"].mean())
             if "energy_precision_input" in pairs:
                 m["groundtruth/energy_precision_input_mean"] = float(
                     pairs["energy_precision_input"].mean())
+                m["groundtruth/mask_precision_input_mean"] = float(
+                    pairs["mask_precision_input"].mean())
         return m
 
     def _per_sample(self, f_probs: np.ndarray, s_all, g_all) -> pd.DataFrame:
@@ -367,8 +377,11 @@ class Scorer:
         else:
             df["labels"] = [";".join(names[t > 0.5]) for t in target]
             df["f_pred"] = [";".join(names[p > self.cfg.threshold]) for p in f_probs]
+            mask = split.mask.numpy()
             for c, n in enumerate(names):
                 df[f"f_prob/{n}"] = f_probs[:, c]
+                df[f"label/{n}"] = (target[:, c] > 0.5).astype(int)
+                df[f"mask/{n}"] = mask[:, c].astype(int)  # 0 = label not annotated (OpenMIC)
             if s_all:
                 s = torch.cat(s_all).numpy()
                 for c, n in enumerate(names):

@@ -70,9 +70,10 @@ _ALIASES: dict[str, tuple[str, str]] = {
     "si_sdri_median": ("groundtruth", "si_sdri"), "si_sdr_median": ("groundtruth", "si_sdr"),
     "energy_precision_mean": ("groundtruth", "mask_precision"),
     "energy_recall_mean": ("groundtruth", "mask_recall"),
+    "mask_precision_mean": ("groundtruth", "mask_precision"),
 }
 _NOT_APPLICABLE = {"n_test", "n_pairs", "n_selected_mean", "random_n_mean",
-                   "energy_precision_input_mean"}
+                   "energy_precision_input_mean", "mask_precision_input_mean"}
 _HIGHER_GROUPS = {"classifier", "classification", "official", "fidelity"}
 
 #: Metrics shown by ``audio-xai-bench leaderboard`` (those present are printed).

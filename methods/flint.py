@@ -142,9 +142,6 @@ class FLINT(Explainer):
     }
     small_profile: ClassVar[dict[str, Any]] = {"K": 16, "epochs": 4, "attr_mid": 16,
                                                "dec_channels": 8, "lr": 2e-3}
-    # settings that make synth default clearly above chance in ~1 min on 2 CPU cores
-    synth_defaults: ClassVar[dict[str, Any]] = {"K": 32, "epochs": 15, "lr": 1e-3,
-                                                "attr_mid": 32}
 
     @classmethod
     def resolve_config(cls, task, profile: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +151,8 @@ class FLINT(Explainer):
         cfg = {k: v for k, v in cfg.items() if k in cls.defaults}
         unknown = sorted(set(overrides) - set(cfg))
         if unknown:
-            raise KeyError(f"unknown setting(s) {unknown} for method {cls.registry_name or cls.__name__};"
+            name = cls.registry_name or cls.__name__
+            raise KeyError(f"unknown setting(s) {unknown} for method {name};"
                            f" valid keys: {', '.join(sorted(cfg))}")
         for k, v in overrides.items():
             cfg[k] = coerce_like(cfg[k], v)
@@ -198,7 +196,8 @@ class FLINT(Explainer):
             p.requires_grad_(False)
         self.layers = tuple(cfg["hidden_layers"])
         with torch.inference_mode():
-            _, hid = self.f.forward_hidden(data.frontend.logmel(data.train.wave[:1].to(self.device)))
+            x = data.frontend.logmel(data.train.wave[:1].to(self.device))
+            _, hid = self.f.forward_hidden(x)
         self._build(data, {n: hid[n].shape[1] for n in self.layers})
 
         def loss_fn(batch: Batch, epoch: int) -> dict[str, Tensor]:
@@ -269,8 +268,6 @@ class FLINTByDesign(FLINT):
     }
     small_profile: ClassVar[dict[str, Any]] = {**FLINT.small_profile, "epochs": 3,
                                                "width": 0.125, "batch_size": 16}
-    synth_defaults: ClassVar[dict[str, Any]] = {"K": 32, "epochs": 15, "lr": 1e-3,
-                                                "attr_mid": 32, "width": 0.25}
 
     def fit(self, data: TaskData, classifier: nn.Module | None) -> None:
         cfg = self.config

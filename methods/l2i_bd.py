@@ -97,10 +97,6 @@ class L2IByDesign(L2I):
     small_profile: ClassVar[dict[str, Any]] = {"K": 16, "epochs": 3, "psi_width": 0.125,
                                                "width": 0.125, "nmf_iter": 30, "lr": 2e-3,
                                                "batch_size": 16}
-    # settings that make the default synth profile clearly above chance in ~1-2 min on 2 CPU
-    # cores; the lead may move them to tasks/synth.py method_defaults['l2i-bd'].
-    synth_defaults: ClassVar[dict[str, Any]] = {"K": 32, "epochs": 15, "lr": 1e-3,
-                                                "width": 0.25, "psi_width": 0.25}
 
     def fit(self, data: TaskData, classifier: nn.Module | None) -> None:
         cfg, task = self.config, data.task

@@ -132,8 +132,8 @@ class UnsupervisedNMF(Explainer):
         "representation": "log1p",  # 'log1p' | 'sqrt_mel' (paper IV-C)
         "n_components": 128,        # Bisot et al.'s K = 128; paper: 64..512
         "nmf_mu": 0.1, "nmf_iter": 100, "max_frames": 20000,
-        "project_iter": 50,
-        "epochs": 100, "lr": 1e-2, "batch_size": 64,
+        "project_iter": 30,
+        "epochs": 30, "lr": 1e-2, "batch_size": 64,
         "select": "valid",
         "relevance_norm": "paper",
     }
@@ -259,7 +259,7 @@ class TDLNMF(UnsupervisedNMF):
     defaults: ClassVar[dict[str, Any]] = {
         **UnsupervisedNMF.defaults,
         "tdl_steps": 20,     # unrolled multiplicative projection updates (train and predict)
-        "tdl_epochs": 20, "tdl_lr": 1e-3,
+        "tdl_epochs": 10, "tdl_lr": 1e-3,
     }
     small_profile: ClassVar[dict[str, Any]] = {**UnsupervisedNMF.small_profile,
                                                "tdl_steps": 10, "tdl_epochs": 3}

@@ -196,7 +196,8 @@ def test_flint_diversity_prefers_diverse_attributes():
     conc_d, div_d = concise_diverse_loss(diverse)
     conc_i, div_i = concise_diverse_loss(identical)
     assert float(div_d) < float(div_i)
-    assert torch.allclose(conc_d, conc_i, atol=1e-5)  # both equally concise (one attribute per sample)
+    # both equally concise (one attribute per sample)
+    assert torch.allclose(conc_d, conc_i, atol=1e-5)
     spread = torch.ones(J, J)               # every attribute on in every sample
     assert float(concise_diverse_loss(spread)[0]) > float(conc_d)
 
