@@ -134,6 +134,28 @@ def logmel_of_masked(frontend, X: Tensor, gate: Tensor) -> Tensor:
     return frontend.logmel_from_magnitude(torch.expm1(X * gate))
 
 
+class RegionMethod:
+    """Mixin of the region-based explainers (SLIME, VIBI, attribution baselines): one cached
+    ``RegionGrid`` per clip length, and f's outputs as logits or probabilities (``output``
+    setting). Uses ``self.frontend``, ``self.config`` (``n_freq``, ``n_time``, ``output``),
+    and, for ``model_outputs``, ``self.f`` and ``self.kind``."""
+
+    def grid(self, T: int) -> RegionGrid:
+        grids = self.__dict__.setdefault("_grids", {})
+        if T not in grids:
+            grids[T] = grid_for(self.frontend, T, int(self.config["n_freq"]),  # type: ignore[attr-defined]
+                                int(self.config["n_time"]))  # type: ignore[attr-defined]
+        return grids[T]
+
+    def model_outputs(self, logmel: Tensor) -> Tensor:
+        from audio_xai_bench.classifier import probabilities
+
+        logits = self.f(logmel)  # type: ignore[attr-defined]
+        if self.config.get("output", "logit") == "logit":  # type: ignore[attr-defined]
+            return logits
+        return probabilities(logits, self.kind)  # type: ignore[attr-defined]
+
+
 class RelevanceMemo:
     """Remembers the relevances of (rows, classes) already explained, so that a second pass
     over the same batch (the scorer's random-baseline pass) does not redo a costly explanation.

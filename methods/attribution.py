@@ -33,12 +33,11 @@ from torch import Tensor, nn
 
 from audio_xai_bench.api import (Batch, Explainer, SegmentExplanation, TaskData,
                                  normalise_relevance)
-from audio_xai_bench.classifier import probabilities
 
-from ._regions import RegionGrid, RelevanceMemo, grid_for, mask_logmel
+from ._regions import RegionMethod, RegionGrid, RelevanceMemo, mask_logmel
 
 
-class RegionAttribution(Explainer):
+class RegionAttribution(RegionMethod, Explainer):
     """Base class: a Captum attribution on the log-mel summed over the region grid."""
 
     capabilities: ClassVar[frozenset[str]] = frozenset({"explain"})
@@ -55,18 +54,9 @@ class RegionAttribution(Explainer):
         self.f, self.kind, self.frontend = classifier.eval(), data.task.kind, data.frontend
         for p in self.f.parameters():
             p.requires_grad_(False)
-        self._grids: dict[int, RegionGrid] = {}
         self.memo = RelevanceMemo()
 
-    def grid(self, T: int) -> RegionGrid:
-        if T not in self._grids:
-            self._grids[T] = grid_for(self.frontend, T, int(self.config["n_freq"]),
-                                      int(self.config["n_time"]))
-        return self._grids[T]
 
-    def forward_fn(self, logmel: Tensor) -> Tensor:
-        logits = self.f(logmel)
-        return logits if self.config["output"] == "logit" else probabilities(logits, self.kind)
 
     def attribute(self, logmel: Tensor, classes: Tensor, grid: RegionGrid) -> Tensor:
         """(B, 1, T, M) attribution map on the log-mel (gradients enabled)."""
@@ -102,7 +92,7 @@ class SaliencyRegions(RegionAttribution):
     def attribute(self, logmel: Tensor, classes: Tensor, grid: RegionGrid) -> Tensor:
         from captum.attr import Saliency
 
-        return Saliency(self.forward_fn).attribute(logmel.requires_grad_(), target=classes,
+        return Saliency(self.model_outputs).attribute(logmel.requires_grad_(), target=classes,
                                                    abs=True)
 
 
@@ -117,7 +107,7 @@ class IntegratedGradientsRegions(RegionAttribution):
         from captum.attr import IntegratedGradients
 
         base = logmel.detach().amin(dim=(1, 2, 3), keepdim=True).expand_as(logmel).contiguous()
-        ig = IntegratedGradients(self.forward_fn)
+        ig = IntegratedGradients(self.model_outputs)
         return ig.attribute(logmel.requires_grad_(), baselines=base, target=classes,
                             n_steps=int(self.config["n_steps"]),
                             method=str(self.config["method"]),
@@ -133,7 +123,7 @@ class GradCAMRegions(RegionAttribution):
         from captum.attr import LayerAttribution, LayerGradCam
 
         layer = self.f.blocks[int(self.config["layer"])]
-        cam = LayerGradCam(self.forward_fn, layer).attribute(
+        cam = LayerGradCam(self.model_outputs, layer).attribute(
             logmel.requires_grad_(), target=classes, relu_attributions=True)
         # the classifier pads short inputs to >= 64 x 64 before its blocks: upsample to the
         # padded size, then crop to the input
@@ -157,7 +147,7 @@ class OcclusionRegions(RegionAttribution):
         def gated(gate: Tensor, x: Tensor) -> Tensor:
             g = grid.expand_logmel(gate.reshape(gate.shape[0], -1))
             reps = gate.shape[0] // x.shape[0]  # captum stacks perturbations along the batch
-            return self.forward_fn(mask_logmel(x.repeat(reps, 1, 1, 1), g))
+            return self.model_outputs(mask_logmel(x.repeat(reps, 1, 1, 1), g))
 
         gate = torch.ones(B, grid.n_freq, grid.n_time, device=logmel.device)
         with torch.no_grad():

@@ -44,9 +44,9 @@ from torch import Tensor, nn
 
 from audio_xai_bench.api import Batch, Explainer, TaskData, coerce_like
 from audio_xai_bench.classifier import DEFAULTS as CLF_DEFAULTS
-from audio_xai_bench.classifier import build_classifier, probabilities
+from audio_xai_bench.classifier import probabilities
 from audio_xai_bench.methods.l2i import fidelity_loss
-from audio_xai_bench.methods.l2i_bd import label_loss, label_score
+from audio_xai_bench.methods.l2i_bd import JointTraining, label_loss
 from audio_xai_bench.train import BatchLoader, fit
 
 
@@ -248,13 +248,7 @@ class FLINT(Explainer):
         self.net.load_state_dict(state["net"])
 
 
-class _Joint(nn.Module):
-    def __init__(self, f: nn.Module, net: FLINTNet) -> None:
-        super().__init__()
-        self.f, self.net = f, net
-
-
-class FLINTByDesign(FLINT):
+class FLINTByDesign(JointTraining, FLINT):
     """FLINT by design (TASLP Table VIII row 'FLINT'): f and the interpreter trained jointly
     with L_pred(f) + γ L_of + α L_if + δ L_cd + η L1; predict = the interpreter g = h(Φ(x))."""
 
@@ -270,48 +264,14 @@ class FLINTByDesign(FLINT):
                                                "width": 0.125, "batch_size": 16}
 
     def fit(self, data: TaskData, classifier: nn.Module | None) -> None:
-        cfg = self.config
         self.kind = data.task.kind
-        self.layers = tuple(cfg["hidden_layers"])
-        torch.manual_seed(self.seed)
-        self.f = build_classifier(data.task.num_classes, {"width": cfg["width"],
-                                                          "head_mid": cfg["head_mid"],
-                                                          "dropout": cfg["f_dropout"]})
-        self.f.to(self.device)
+        self.layers = tuple(self.config["hidden_layers"])
+        self.f = self._build_f(data.task.num_classes).to(self.device)
         self._build(data, {n: self.f.channels[n] for n in self.layers})
-        self.model = _Joint(self.f, self.net)
-        loader = BatchLoader(data.train, data.frontend, int(cfg["batch_size"]), shuffle=True,
-                             seed=self.seed, device=self.device)
-        valid = BatchLoader(data.valid, data.frontend, 64, device=self.device)
-        self.history = fit(self.model, self.model.parameters(), self.loss_fn, loader,
-                           epochs=int(cfg["epochs"]), lr=float(cfg["lr"]),
-                           validate=lambda: self._valid_score(valid), select=cfg["select"],
-                           desc=f"{self.registry_name or 'flint-bd'} f + interpreter")
-        self.model.eval()
+        self._fit_joint(data, f"{self.registry_name or 'flint-bd'} f + interpreter")
 
     def loss_fn(self, batch: Batch, epoch: int) -> dict[str, Tensor]:
         f_logits, hidden = self.f.forward_hidden(batch.logmel)
         l_pred = label_loss(f_logits, batch, self.kind)
         total, logs = self.interpreter_losses(batch, f_logits, hidden)
         return {"loss": l_pred + total, "pred": l_pred, **logs}
-
-    @torch.inference_mode()
-    def _valid_score(self, loader: BatchLoader) -> float:
-        probs, target, mask = [], [], []
-        for batch in loader:
-            probs.append(self.predict(batch))
-            target.append(batch.target)
-            mask.append(batch.mask)
-        return label_score(torch.cat(probs), torch.cat(target), torch.cat(mask), self.kind)
-
-    @torch.inference_mode()
-    def predict(self, batch: Batch) -> Tensor:
-        """The interpreter's prediction softmax / sigmoid of h(Φ(x)) (FLINT-g)."""
-        return probabilities(self._logits(batch), self.kind)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"f": self.f.state_dict(), "net": self.net.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.f.load_state_dict(state["f"])
-        self.net.load_state_dict(state["net"])

@@ -70,12 +70,61 @@ def label_score(probs: Tensor, target: Tensor, mask: Tensor, kind: str) -> float
 class _Joint(nn.Module):
     """f and the interpreter as one module (one optimiser, one state dict for fit)."""
 
-    def __init__(self, f: nn.Module, net: Interpreter) -> None:
+    def __init__(self, f: nn.Module, net: nn.Module) -> None:
         super().__init__()
         self.f, self.net = f, net
 
 
-class L2IByDesign(L2I):
+class JointTraining:
+    """Mixin of the by-design methods that train their own Kumar network f jointly with an
+    interpreter ``self.net`` (L2I_BD, FLINT-BD): building f, the one training loop with
+    model selection on the validation labels, ``predict`` and persistence. The class using it
+    provides ``loss_fn(batch, epoch)`` and ``_logits(batch)``."""
+
+    config: dict[str, Any]
+    kind: str
+
+    def _build_f(self, num_classes: int) -> nn.Module:
+        cfg = self.config
+        torch.manual_seed(self.seed)  # type: ignore[attr-defined]
+        return build_classifier(num_classes, {"width": cfg["width"], "head_mid": cfg["head_mid"],
+                                              "dropout": cfg["f_dropout"]})
+
+    def _fit_joint(self, data: TaskData, desc: str) -> None:
+        cfg = self.config
+        self.model = _Joint(self.f, self.net).to(self.device)  # type: ignore[attr-defined]
+        loader = BatchLoader(data.train, data.frontend, int(cfg["batch_size"]), shuffle=True,
+                             seed=self.seed, device=self.device)  # type: ignore[attr-defined]
+        valid = BatchLoader(data.valid, data.frontend, 64, device=self.device)  # type: ignore[attr-defined]
+        self.history = fit(self.model, self.model.parameters(), self.loss_fn, loader,  # type: ignore[attr-defined]
+                           epochs=int(cfg["epochs"]), lr=float(cfg["lr"]),
+                           validate=lambda: self._valid_score(valid), select=cfg["select"],
+                           desc=desc)
+        self.model.eval()
+
+    @torch.inference_mode()
+    def _valid_score(self, loader: BatchLoader) -> float:
+        probs, target, mask = [], [], []
+        for batch in loader:
+            probs.append(self.predict(batch))
+            target.append(batch.target)
+            mask.append(batch.mask)
+        return label_score(torch.cat(probs), torch.cat(target), torch.cat(mask), self.kind)
+
+    @torch.inference_mode()
+    def predict(self, batch: Batch) -> Tensor:
+        """The by-design prediction g(x) as probabilities (softmax / sigmoid)."""
+        return probabilities(self._logits(batch), self.kind)  # type: ignore[attr-defined]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"f": self.f.state_dict(), "net": self.net.state_dict()}  # type: ignore[attr-defined]
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.f.load_state_dict(state["f"])  # type: ignore[attr-defined]
+        self.net.load_state_dict(state["net"])  # type: ignore[attr-defined]
+
+
+class L2IByDesign(JointTraining, L2I):
     """L2I_BD w/ Θ_ATT (paper Table VIII): predict = g(x) = Θ(Ψ(f_I(x)))."""
 
     capabilities: ClassVar[frozenset[str]] = frozenset({"predict", "explain"})
@@ -108,22 +157,11 @@ class L2IByDesign(L2I):
         att = cfg["attention"]
         per_class = (task.kind == "multilabel") if att == "auto" else att == "per_class"
         self.per_class = per_class
-        torch.manual_seed(self.seed)
-        self.f = build_classifier(task.num_classes, {"width": cfg["width"],
-                                                     "head_mid": cfg["head_mid"],
-                                                     "dropout": cfg["f_dropout"]})
+        self.f = self._build_f(task.num_classes)
         chans = {n: self.f.channels[n] for n in self.layers}
         self.net = Interpreter(chans, W, task.num_classes, self.theta, per_class,
                                float(cfg["psi_width"]), float(cfg["dropout"]))
-        self.model = _Joint(self.f, self.net).to(self.device)
-        loader = BatchLoader(data.train, data.frontend, int(cfg["batch_size"]), shuffle=True,
-                             seed=self.seed, device=self.device)
-        valid = BatchLoader(data.valid, data.frontend, 64, device=self.device)
-        self.history = fit(self.model, self.model.parameters(), self.loss_fn, loader,
-                           epochs=int(cfg["epochs"]), lr=float(cfg["lr"]),
-                           validate=lambda: self._valid_score(valid), select=cfg["select"],
-                           desc=f"{self.registry_name or 'l2i-bd'} f + interpreter")
-        self.model.eval()
+        self._fit_joint(data, f"{self.registry_name or 'l2i-bd'} f + interpreter")
 
     def loss_fn(self, batch: Batch, epoch: int) -> dict[str, Tensor]:
         """L = L_cls + γ L_FID + α L_NMF + β ||H||_1 (paper III-C); L_cls on f or on g."""
@@ -142,27 +180,6 @@ class L2IByDesign(L2I):
                 + float(cfg["beta"]) * l_sp)
         return {"loss": loss, f"cls_{self.classification_on}": l_cls, "fid": l_fid,
                 "nmf": l_nmf, "l1": l_sp}
-
-    @torch.inference_mode()
-    def _valid_score(self, loader: BatchLoader) -> float:
-        probs, target, mask = [], [], []
-        for batch in loader:
-            probs.append(self.predict(batch))
-            target.append(batch.target)
-            mask.append(batch.mask)
-        return label_score(torch.cat(probs), torch.cat(target), torch.cat(mask), self.kind)
-
-    @torch.inference_mode()
-    def predict(self, batch: Batch) -> Tensor:
-        """g(x) = Θ(Ψ(f_I(x))) as probabilities (softmax / sigmoid, paper III-C)."""
-        return probabilities(self._logits(batch), self.kind)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"f": self.f.state_dict(), "net": self.net.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.f.load_state_dict(state["f"])
-        self.net.load_state_dict(state["net"])
 
 
 class L2IByDesignNoPred(L2IByDesign):

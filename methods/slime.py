@@ -37,9 +37,8 @@ from torch import Tensor, nn
 
 from audio_xai_bench.api import (Batch, Explainer, SegmentExplanation, TaskData,
                                  normalise_relevance)
-from audio_xai_bench.classifier import probabilities
 
-from ._regions import RegionGrid, RelevanceMemo, grid_for, logmel_of_masked
+from ._regions import RegionMethod, RegionGrid, RelevanceMemo, logmel_of_masked
 
 
 # ------------------------------------------------------------------------------------------
@@ -88,7 +87,7 @@ def weighted_ridge(Z: Tensor, y: Tensor, w: Tensor, alpha: float) -> tuple[Tenso
     return coef, intercept
 
 
-class SLIME(Explainer):
+class SLIME(RegionMethod, Explainer):
     """SLIME with the time-frequency segmentation (Mishra et al. 2020)."""
 
     capabilities: ClassVar[frozenset[str]] = frozenset({"explain"})
@@ -111,19 +110,10 @@ class SLIME(Explainer):
             raise ValueError("SLIME is post-hoc: it needs the classifier f")
         self.f, self.kind = classifier.eval(), data.task.kind
         self.frontend = data.frontend
-        self._grids: dict[int, RegionGrid] = {}
         self.memo = RelevanceMemo()
 
-    def grid(self, T: int) -> RegionGrid:
-        if T not in self._grids:
-            self._grids[T] = grid_for(self.frontend, T, int(self.config["n_freq"]),
-                                      int(self.config["n_time"]))
-        return self._grids[T]
 
     # -- internals -------------------------------------------------------------------------
-    def _outputs(self, logmel: Tensor) -> Tensor:
-        logits = self.f(logmel)
-        return logits if self.config["output"] == "logit" else probabilities(logits, self.kind)
 
     def perturbed_outputs(self, X: Tensor, Z: Tensor, grid: RegionGrid) -> Tensor:
         """f's outputs on every perturbation: X (U, F, T), Z (U, N, K) -> (U, N, C)."""
@@ -136,7 +126,7 @@ class SLIME(Explainer):
         for i in range(0, U * N, chunk):  # chunks of many perturbations per forward pass
             z = flat[i:i + chunk]
             gate = z[:, seg]  # (c, F, T)
-            outs.append(self._outputs(logmel_of_masked(self.frontend, X[rows[i:i + chunk]],
+            outs.append(self.model_outputs(logmel_of_masked(self.frontend, X[rows[i:i + chunk]],
                                                        gate)).float())
         return torch.cat(outs).view(U, N, -1)
 

@@ -38,7 +38,7 @@ from audio_xai_bench.api import (Batch, Explainer, SegmentExplanation, TaskData,
                                  normalise_relevance)
 from audio_xai_bench.train import BatchLoader, fit
 
-from ._regions import RegionGrid, grid_for, mask_logmel
+from ._regions import RegionMethod, RegionGrid, mask_logmel
 
 
 def relaxed_topk(logp: Tensor, k: int, tau: float, generator: torch.Generator | None = None
@@ -102,7 +102,7 @@ class VIBINet(nn.Module):
         self.approximator = Approximator(width, n_classes, dropout)
 
 
-class VIBI(Explainer):
+class VIBI(RegionMethod, Explainer):
     """VIBI post-hoc (paper Table IV row 'VIBI')."""
 
     capabilities: ClassVar[frozenset[str]] = frozenset({"surrogate", "explain"})
@@ -126,7 +126,6 @@ class VIBI(Explainer):
             raise ValueError("VIBI is post-hoc: it needs the classifier f")
         cfg = self.config
         self.f, self.kind, self.frontend = classifier.eval(), data.task.kind, data.frontend
-        self._grids: dict[int, RegionGrid] = {}
         self.k = int(cfg["k"])
         torch.manual_seed(self.seed)
         self.net = VIBINet(int(cfg["width"]), data.task.num_classes,
@@ -165,11 +164,6 @@ class VIBI(Explainer):
                            validate=lambda: self._agreement(valid), select=cfg["select"],
                            desc="vibi")
 
-    def grid(self, T: int) -> RegionGrid:
-        if T not in self._grids:
-            self._grids[T] = grid_for(self.frontend, T, int(self.config["n_freq"]),
-                                      int(self.config["n_time"]))
-        return self._grids[T]
 
     # -- internals -------------------------------------------------------------------------
     def _logp(self, batch: Batch) -> Tensor:
