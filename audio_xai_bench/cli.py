@@ -38,6 +38,25 @@ def _parse_sets(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _parse_task_options(items: Sequence[str]) -> dict[str, Any]:
+    """``--task-option`` values typed: true/false, none, integers, floats, else strings."""
+    out: dict[str, Any] = {}
+    for k, v in _parse_sets(items).items():
+        low = v.lower()
+        if low in ("true", "false"):
+            out[k] = low == "true"
+        elif low in ("none", "null"):
+            out[k] = None
+        else:
+            for cast in (int, float, str):
+                try:
+                    out[k] = cast(v)
+                    break
+                except ValueError:
+                    continue
+    return out
+
+
 def _parse_seeds(text: str) -> list[int]:
     try:
         return [int(s) for s in text.split(",") if s.strip()]
@@ -52,7 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = RunSpec(method=args.method, task=args.task, data_root=args.data_root, fold=args.fold,
                    seeds=seeds, device=args.device, out=args.out, cache_dir=args.cache_dir,
                    profile=args.profile, overrides=_parse_sets(args.set), force=args.force,
-                   on_bad_file=args.on_bad_file, classifier_weights=args.classifier_weights)
+                   on_bad_file=args.on_bad_file, classifier_weights=args.classifier_weights,
+                   task_options=_parse_task_options(args.task_option))
     records = run(spec)
     table = summarize(records)
     from .leaderboard import write_aggregate
@@ -97,9 +117,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from .prepare import prepare
     from .registry import TASKS
 
-    task = TASKS.get(args.task)(data_root=args.data_root, profile=args.profile)
-    summary: dict[str, Any] = prepare(task, on_bad_file=args.on_bad_file,
-                                      cache_dir=args.cache_dir)
+    task = TASKS.get(args.task)(data_root=args.data_root, profile=args.profile,
+                                **_parse_task_options(args.task_option))
+    cache = args.cache_dir or os.path.join("runs", ".cache")  # where `run` looks by default
+    summary: dict[str, Any] = prepare(task, on_bad_file=args.on_bad_file, cache_dir=cache)
     import json
 
     print(json.dumps(summary, indent=2, default=str))
@@ -192,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--on-bad-file", default="fail", choices=["fail", "skip"])
     r.add_argument("--classifier-weights", default=None,
                    help="checkpoint of the Kumar network to fine-tune instead of training f from scratch")
+    r.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="task setting, e.g. exclude_nmi=false (SONYC) or max_clips=500")
     r.set_defaults(func=cmd_run)
 
     ls = sub.add_parser("list", help="list methods, tasks and metrics")
@@ -200,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prepare", help="check a dataset's layout and build its cache")
     pr.add_argument("--task", required=True)
     pr.add_argument("--data-root", required=True)
-    pr.add_argument("--cache-dir", default=None)
+    pr.add_argument("--cache-dir", default=None, help="default: runs/.cache, where run looks")
+    pr.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE")
     pr.add_argument("--profile", default="default", choices=["default", "small"])
     pr.add_argument("--on-bad-file", default="fail", choices=["fail", "skip"])
     pr.set_defaults(func=cmd_prepare)
@@ -246,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: finished cells are kept; rerun the same command to resume",
               file=sys.stderr)
         return 130
-    except (KeyError, ValueError, TypeError, FileNotFoundError) as exc:
+    except (KeyError, ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
         if os.environ.get("AXB_DEBUG"):
             raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

@@ -65,7 +65,8 @@ def write_json(path: Path, obj: Any) -> None:
 
 def write_cell(path: Path, *, config: dict, metrics: dict[str, float], per_sample: pd.DataFrame,
                pairs: pd.DataFrame, history: pd.DataFrame | None, listen: list[dict],
-               sample_rate: int, done: dict, relevance: np.ndarray | None = None) -> None:
+               sample_rate: int, done: dict, relevance: np.ndarray | None = None,
+               tables: dict[str, pd.DataFrame] | None = None) -> None:
     """Write every file of a cell into a temporary sibling, then rename it into place."""
     import soundfile as sf
 
@@ -80,6 +81,9 @@ def write_cell(path: Path, *, config: dict, metrics: dict[str, float], per_sampl
             np.save(tmp / "relevance.npy", relevance.astype(np.float32))
         if history is not None and len(history):
             history.to_csv(tmp / "history.csv", index=False)
+        for name, table in (tables or {}).items():
+            if len(table):
+                table.to_csv(tmp / name, index=False)
         wav_dir = tmp / "interpretations"
         wav_dir.mkdir()
         for i, item in enumerate(listen):

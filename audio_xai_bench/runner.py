@@ -45,6 +45,7 @@ class RunSpec:
     force: bool = False
     on_bad_file: str = "fail"
     classifier_weights: str | None = None
+    task_options: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -217,7 +218,8 @@ def run(spec: RunSpec, log=print) -> list[dict[str, Any]]:
     cache = Path(spec.cache_dir) if spec.cache_dir else Path(spec.out) / ".cache"
     records = []
     for seed in spec.seeds:
-        task: Task = task_cls(data_root=spec.data_root, profile=spec.profile, seed=0)
+        task: Task = task_cls(data_root=spec.data_root, profile=spec.profile, seed=0,
+                              **spec.task_options)
         method_cfg = method_cls.resolve_config(task, spec.profile, m_over)
         clf_cfg = resolve_classifier_config(task, spec.profile, c_over)
         eval_cfg = resolve_eval_config(e_over, seed)
@@ -235,7 +237,8 @@ def _run_cell(spec: RunSpec, task: Task, fold, seed: int, method_cls, method_cfg
     resolved = {"method": name, "method_config": method_cfg, "task": task.describe(),
                 "fold": fold.name, "seed": seed, "classifier_config": clf_cfg,
                 "eval_config": eval_cfg.as_dict(), "profile": spec.profile,
-                "classifier_weights": spec.classifier_weights, "data_root": spec.data_root}
+                "classifier_weights": spec.classifier_weights, "data_root": spec.data_root,
+                "task_options": spec.task_options}
     chash = config_hash(resolved)
     path = cell_dir(spec.out, task.name, name, fold.name, seed, chash)
     if is_done(path) and not spec.force:
@@ -279,10 +282,8 @@ def _run_cell(spec: RunSpec, task: Task, fold, seed: int, method_cls, method_cfg
     history = pd.DataFrame(explainer.history) if explainer.history else None
     write_cell(path, config=config, metrics=metrics, per_sample=result.per_sample,
                pairs=result.pairs, history=history, listen=result.listen,
-               sample_rate=fe_cfg.sample_rate, done=done, relevance=result.relevance)
-    clf_hist = pd.DataFrame(f_info.get("history") or [])
-    if len(clf_hist):
-        clf_hist.to_csv(path / "classifier_history.csv", index=False)
+               sample_rate=fe_cfg.sample_rate, done=done, relevance=result.relevance,
+               tables={"classifier_history.csv": pd.DataFrame(f_info.get("history") or [])})
     log(f"[done] {path} in {done['wall_s']:.1f} s")
     return read_cell(path)
 

@@ -114,3 +114,29 @@ def test_real_tasks_run_end_to_end_on_official_layout_fixtures(tmp_path, task, m
     assert metric in metrics
     assert any(k.startswith("fidelity/") for k in metrics)
     assert "faithfulness/n_pairs" in metrics or metrics.get("n_test", 0) > 0
+
+
+def test_prepare_command_checks_layout_and_summarises(tmp_path, capsys):
+    root = fixtures_real.make_esc50(str(tmp_path / "data"))
+    assert main(["prepare", "--task", "esc50", "--data-root", root, "--cache-dir",
+                 str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "test" in out
+    assert main(["prepare", "--task", "esc50", "--data-root", str(tmp_path / "none")]) == 2
+    assert "Getting the data" in capsys.readouterr().err
+
+
+def test_task_options_are_typed_and_recorded(tmp_path):
+    from audio_xai_bench.cli import _parse_task_options
+
+    assert _parse_task_options(["exclude_nmi=false", "max_clips=5"]) == {"exclude_nmi": False,
+                                                                          "max_clips": 5}
+    root = fixtures_real.make_sonyc(str(tmp_path / "data"))
+    out = tmp_path / "runs"
+    assert main(["run", "--method", "random", "--task", "sonyc-ust", "--data-root", root,
+                 "--out", str(out), *SMALL[:4], "--task-option", "exclude_nmi=false",
+                 "--set", "eval.listen=0"]) == 0
+    (cell,) = _cells(out, "sonyc-ust", "random")
+    config = json.loads((cell / "config.json").read_text())
+    assert config["task_options"] == {"exclude_nmi": False}
+    assert config["task"]["classwise_exclude"] == []
