@@ -123,6 +123,9 @@ class Task:
     official_metric: ClassVar[str] = "accuracy/top1"
     # per-task defaults that methods may read (e.g. paper Table II values), keyed by method
     method_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    # layers of f fine-tuned from --classifier-weights: 'all' or 'head' (paper IV-B1: ESC-50
+    # fine-tunes only the layers after the conv blocks, SONYC-UST and OpenMIC all layers)
+    finetune: ClassVar[str] = "all"
     # settings of the classifier f trained by the engine (keys of classifier.DEFAULTS)
     classifier_defaults: ClassVar[dict[str, Any]] = {}
     # classes excluded from class-wise results (e.g. SONYC 'non-machinery-impact')

@@ -160,8 +160,9 @@ def get_classifier(data: TaskData, cfg: dict[str, Any], cache: Path, seed: int,
             raise ValueError(f"--classifier-weights {weights}: no parameter matches the network")
         model.load_state_dict(usable, strict=False)
         info["loaded_weights"] = {"path": weights, "n_tensors": len(usable)}
-        if getattr(task, "finetune", "all") == "head":  # paper: ESC-50 fine-tunes the head only
+        if task.finetune == "head":  # paper: ESC-50 fine-tunes the head only
             params = model.head_parameters()
+        info["finetune"] = task.finetune
     pw = cfg.get("pos_weight")
     pos_weight = torch.tensor(pw, dtype=torch.float32, device=data.device) if pw else None
     loader = BatchLoader(data.train, data.frontend, int(cfg["batch_size"]), shuffle=True,

@@ -61,6 +61,8 @@ def _as_bool(v: Any) -> bool:
 class ESC50Task(Task):
     """``esc50``: 50 classes, 5-fold cross-validation on the official folds."""
 
+    finetune: ClassVar[str] = "head"  # paper IV-B1: only the layers after the conv blocks
+
     name: ClassVar[str] = "esc50"
     kind: ClassVar[str] = "multiclass"  # type: ignore[assignment]
     official_metric: ClassVar[str] = "accuracy_top1"

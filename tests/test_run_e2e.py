@@ -140,3 +140,28 @@ def test_task_options_are_typed_and_recorded(tmp_path):
     config = json.loads((cell / "config.json").read_text())
     assert config["task_options"] == {"exclude_nmi": False}
     assert config["task"]["classwise_exclude"] == []
+
+
+def test_classifier_weights_are_loaded_and_fine_tuned_per_paper(tmp_path):
+    import torch
+
+    from audio_xai_bench.classifier import KumarCNN
+    from audio_xai_bench.runner import resolve_classifier_config
+    from audio_xai_bench.registry import TASKS
+
+    root = fixtures_real.make_esc50(str(tmp_path / "data"))
+    task = TASKS.get("esc50")(data_root=root, profile="small")
+    cfg = resolve_classifier_config(task, "small", {})
+    net = KumarCNN(task.num_classes, width=cfg["width"], head_mid=cfg["head_mid"])
+    torch.save({"model": net.state_dict()}, tmp_path / "f.pt")
+    out = tmp_path / "runs"
+    assert main(["run", "--method", "random", "--task", "esc50", "--data-root", root,
+                 "--fold", "1", "--out", str(out), *SMALL[:4], "--set", "eval.listen=0",
+                 "--classifier-weights", str(tmp_path / "f.pt")]) == 0
+    (cell,) = _cells(out, "esc50", "random")
+    info = json.loads((cell / "config.json").read_text())["classifier"]
+    assert info["finetune"] == "head" and info["loaded_weights"]["n_tensors"] > 10
+    # the conv blocks were frozen: the cached f keeps the given block weights
+    state = torch.load(info["checkpoint"], weights_only=True)["model"]
+    assert torch.equal(state["blocks.0.0.weight"], net.state_dict()["blocks.0.0.weight"])
+    assert not torch.equal(state["fc.weight"], net.state_dict()["fc.weight"])
