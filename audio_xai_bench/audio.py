@@ -107,9 +107,9 @@ class Frontend:
 
     def analyze(self, wave: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, N) -> X = log1p|STFT| (B, F, T), unit phase (complex), log-mel (B, 1, T, M)."""
-        S = self.stft(wave)
-        mag = S.abs()
-        phase = S / (mag + 1e-9)  # authors' code: P = S / (1e-9 + |S|)
+        S = torch.view_as_real(self.stft(wave))  # real arithmetic: faster than complex ops on CPU
+        mag = torch.linalg.vector_norm(S, dim=-1)
+        phase = torch.view_as_complex(S / (mag + 1e-9).unsqueeze(-1))  # P = S / (1e-9 + |S|)
         return torch.log1p(mag), phase, self.logmel_from_magnitude(mag)
 
     def logmel(self, wave: Tensor) -> Tensor:
