@@ -130,7 +130,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .leaderboard import collect, format_summary, publish, summary
+    from .leaderboard import collect, format_summary, paper_tables, publish, summary
 
     long_df = collect(args.out, args.task)
     if not len(long_df):
@@ -145,6 +145,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
                                "display.width", 250, "display.max_colwidth", 40):
             print(f"\n{task}: {part['run_id'].nunique()} cell(s), mean ± std over cells (#rank)")
             print(table.drop(columns=["task"]).to_string(index=False))
+            if args.paper_tables:
+                for title, t in paper_tables(summary(part)).items():
+                    print(f"\n{task} — {title}")
+                    print(t.to_string(index=False))
         if args.publish:
             path, spath = publish(part, task, args.root)
             print(f"published {path} and {spath}")
@@ -238,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--publish", action="store_true",
                     help="merge the rows into ROOT/<task>.csv and rewrite ROOT/<task>_summary.csv")
     lb.add_argument("--root", default="leaderboard", help="leaderboard folder (default: leaderboard)")
+    lb.add_argument("--paper-tables", action="store_true",
+                    help="also print the tables in the shape of the paper's Tables IV, V and VIII")
     lb.set_defaults(func=cmd_leaderboard)
 
     cp = sub.add_parser("compare", help="pairwise significance tests between methods")

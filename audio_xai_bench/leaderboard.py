@@ -468,3 +468,40 @@ def write_aggregate(records: list[Mapping[str, Any]]) -> list[Path]:
         _atomic_csv(aggregate(recs), target)
         written.append(target)
     return written
+
+
+#: The paper's result tables and the metrics that fill them (those present are shown).
+PAPER_TABLES: dict[str, list[str]] = {
+    "Table IV: fidelity of post-hoc surrogates": [
+        "fidelity/top1", "fidelity/top5", "fidelity/macro_auprc", "fidelity/micro_auprc",
+        "fidelity/weighted_f1"],
+    "Table VIII: classification of by-design models": [
+        "classification/accuracy_top1", "classification/accuracy_top5",
+        "classification/macro_auprc", "classification/micro_auprc",
+        "classification/weighted_f1"],
+    "Table V / Figs. 2-3: faithfulness at tau = 0.1": [
+        "faithfulness/ff_median@0.1", "faithfulness/random_ff_median@0.1",
+        "faithfulness/wilcoxon_p@0.1", "faithfulness/n_selected_mean@0.1",
+        "groundtruth/si_sdri_median@0.1", "groundtruth/mask_precision_mean@0.1",
+        "groundtruth/mask_precision_input_mean"],
+    "Resources (2 CPU cores unless stated)": ["resources/fit_s", "resources/wall_s"],
+}
+
+
+def paper_tables(wide: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Cut a ``summary`` table into the paper's tables: for each, the methods that report
+    any of its metrics, with ``mean ± std`` cells (and ``n_cells``)."""
+    out: dict[str, pd.DataFrame] = {}
+    for title, metrics in PAPER_TABLES.items():
+        present = [m for m in metrics if f"{m}:mean" in wide.columns]
+        if not present:
+            continue
+        rows = wide[wide[[f"{m}:mean" for m in present]].notna().any(axis=1)]
+        if rows.empty:
+            continue
+        table = rows[["method", "variant", "n_cells"]].copy()
+        for m in present:
+            mean, std = rows[f"{m}:mean"], rows[f"{m}:std"]
+            table[m] = [("" if pd.isna(a) else f"{a:.3f} ± {b:.3f}") for a, b in zip(mean, std)]
+        out[title] = table.reset_index(drop=True)
+    return out

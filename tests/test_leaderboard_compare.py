@@ -346,3 +346,20 @@ def test_cli_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "±" in printed and "wilcoxon" in printed
     print(f"end to end: {time.time() - t0:.1f} s")
+
+
+def test_paper_tables_cut_the_summary_by_capability():
+    import pandas as pd
+
+    from audio_xai_bench.leaderboard import paper_tables
+
+    wide = pd.DataFrame({
+        "task": ["synth", "synth"], "method": ["a", "b"], "variant": ["", ""], "n_cells": [3, 3],
+        "fidelity/top1:mean": [0.9, float("nan")], "fidelity/top1:std": [0.01, float("nan")],
+        "classification/accuracy_top1:mean": [float("nan"), 0.8],
+        "classification/accuracy_top1:std": [float("nan"), 0.02]})
+    tables = paper_tables(wide)
+    (fid,) = [t for k, t in tables.items() if k.startswith("Table IV")]
+    (cls,) = [t for k, t in tables.items() if k.startswith("Table VIII")]
+    assert fid["method"].tolist() == ["a"] and fid["fidelity/top1"][0] == "0.900 ± 0.010"
+    assert cls["method"].tolist() == ["b"] and cls["classification/accuracy_top1"][0] == "0.800 ± 0.020"
