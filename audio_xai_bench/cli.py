@@ -87,6 +87,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _first_line(obj: Any) -> str:
+    lines = (obj.__doc__ or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .registry import METHODS, TASKS
 
@@ -94,19 +99,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in METHODS.names():
         try:
             obj = METHODS.get(name)
-            doc = (obj.__doc__ or "").strip().splitlines()[0]
             caps = ",".join(sorted(getattr(obj, "capabilities", ())))
-            print(f"  {name:18s} [{caps}] {doc}")
+            print(f"  {name:20s} [{caps}] {_first_line(obj)}")
         except Exception as exc:  # a broken plugin must not hide the others
-            print(f"  {name:18s} (cannot load: {exc})")
+            print(f"  {name:20s} (cannot load: {exc})")
     print("tasks:")
     for name in TASKS.names():
         try:
             obj = TASKS.get(name)
-            doc = (obj.__doc__ or "").strip().splitlines()[0]
-            print(f"  {name:18s} [{obj.kind}] {doc}")
+            print(f"  {name:20s} [{obj.kind}] {_first_line(obj)}")
         except Exception as exc:
-            print(f"  {name:18s} (cannot load: {exc})")
+            print(f"  {name:20s} (cannot load: {exc})")
     print("metrics:")
     for name, doc in METRIC_DOCS.items():
         print(f"  {name:46s} {doc}")

@@ -18,6 +18,8 @@ from audio_xai_bench.api import Batch, Explainer, FactorExplanation, TaskData
 
 
 class RandomExplainer(Explainer):
+    """Random baseline (paper IV-C): NMF components of the input with random relevances."""
+
     capabilities: ClassVar[frozenset[str]] = frozenset({"explain"})
     posthoc: ClassVar[bool] = True
     needs_dictionary: ClassVar[bool] = True

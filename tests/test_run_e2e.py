@@ -165,3 +165,14 @@ def test_classifier_weights_are_loaded_and_fine_tuned_per_paper(tmp_path):
     state = torch.load(info["checkpoint"], weights_only=True)["model"]
     assert torch.equal(state["blocks.0.0.weight"], net.state_dict()["blocks.0.0.weight"])
     assert not torch.equal(state["fc.weight"], net.state_dict()["fc.weight"])
+
+
+def test_list_loads_every_registered_method_and_task(capsys):
+    from audio_xai_bench.registry import METHODS, TASKS
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "cannot load" not in out
+    for name in METHODS.names() + TASKS.names():
+        assert f"  {name} " in out
+    assert "faithfulness/ff_median@tau" in out
