@@ -162,7 +162,7 @@ class Scorer:
                 if has_sources:
                     cols.update(self._groundtruth(sub, rows, classes, keep, tau, batch))
                 if tau == cfg.listen_tau and len(listen) < cfg.listen:
-                    listen.extend(self._listen(sub, e, sel, classes, cfg.listen - len(listen)))
+                    listen.extend(self._listen(sub, e, keep, classes, cfg.listen - len(listen)))
             sel_all.append(torch.stack(sels, 0))  # (n_tau, n, K)
             size = sub.X.numel() * 12  # X + complex phase, the bulk of what is kept
             if kept_bytes + size <= cfg.keep_bytes:
@@ -217,31 +217,28 @@ class Scorer:
             out["mask_precision_input"] = (sub.X * m).sum((1, 2)) / sub.X.sum((1, 2)).clamp_min(1e-12)
         return out
 
-    def _listen(self, sub: Batch, e, sel: Tensor, classes: Tensor, n: int) -> list[dict]:
+    def _listen(self, sub: Batch, e, keep: Tensor, classes: Tensor, n: int) -> list[dict]:
+        """WAVs of the first ``n`` rows: input, interpretation x_int (``keep`` = Σ_{k∈L} X_k)
+        and the three most relevant components x_k (Algorithm 1)."""
         fe, N = self.data.frontend, sub.wave.shape[-1]
         n = min(n, len(sub))
-        x_int = fe.invert(e.mixture(sel[:n]) if n == len(sub) else
-                          self._subset_mixture(e, sel, n), sub.phase[:n], N)
+        x_int = fe.invert(keep[:n], sub.phase[:n], N)
+        order = torch.argsort(e.relevance, dim=1, descending=True)
+        comps = []
+        for rank in range(min(3, e.relevance.shape[1])):
+            one = torch.zeros_like(e.relevance, dtype=torch.bool)
+            one.scatter_(1, order[:, rank:rank + 1], True)
+            comps.append(fe.invert(e.mixture(one)[:n], sub.phase[:n], N).cpu().numpy())
         out = []
         for j in range(n):
-            top = torch.argsort(e.relevance[j], descending=True)[:3].tolist()
-            comps = {}
-            for k in top:
-                one = torch.zeros_like(e.relevance)
-                one[j, k] = 1.0
-                comps[f"component{k}"] = fe.invert(e.mixture(one)[j:j + 1], sub.phase[j:j + 1],
-                                                   N)[0].cpu().numpy()
-            out.append({"id": self.data.test.ids[int(sub.index[j])],
-                        "class": self.data.task.classes[int(classes[j])],
-                        "input": sub.wave[j].cpu().numpy(),
-                        "interpretation": x_int[j].cpu().numpy(), **comps})
+            item = {"id": self.data.test.ids[int(sub.index[j])],
+                    "class": self.data.task.classes[int(classes[j])],
+                    "input": sub.wave[j].cpu().numpy(),
+                    "interpretation": x_int[j].cpu().numpy()}
+            for rank, wave in enumerate(comps):
+                item[f"component{int(order[j, rank])}"] = wave[j]
+            out.append(item)
         return out
-
-    @staticmethod
-    def _subset_mixture(e, sel: Tensor, n: int) -> Tensor:
-        s = sel.clone()
-        s[n:] = False
-        return e.mixture(s)[:n]
 
     def _batches_with_pairs(self, kept: list[tuple | None]):
         """The pass-1 explanations again: kept ones as they are, the others recomputed
