@@ -128,6 +128,8 @@ class Task:
     finetune: ClassVar[str] = "all"
     # settings of the classifier f trained by the engine (keys of classifier.DEFAULTS)
     classifier_defaults: ClassVar[dict[str, Any]] = {}
+    # extra metric variants of the task's official evaluation (e.g. "auprc_dcase")
+    metric_variants: ClassVar[tuple[str, ...]] = ()
     # classes excluded from class-wise results (e.g. SONYC 'non-machinery-impact')
     classwise_exclude: ClassVar[tuple[str, ...]] = ()
 

@@ -59,8 +59,11 @@ class EvalResult:
 
 
 def _label_metrics(prefix: str, probs: np.ndarray, target: np.ndarray, mask: np.ndarray,
-                   kind: str, threshold: float) -> dict[str, float]:
-    """Classification metrics of probabilities against labels (task's official ones)."""
+                   kind: str, threshold: float, variants: tuple[str, ...] = ()
+                   ) -> dict[str, float]:
+    """Classification metrics of probabilities against labels (task's official ones). A task
+    whose official evaluation computes AUPRC its own way declares it in ``metric_variants``
+    (``"auprc_dcase"``: the DCASE 2020 task 5 evaluation code) and gets it under its own name."""
     out: dict[str, float] = {}
     if kind == "multiclass":
         truth = torch.from_numpy(target.argmax(1))
@@ -72,6 +75,10 @@ def _label_metrics(prefix: str, probs: np.ndarray, target: np.ndarray, mask: np.
     ap = fid.average_precision_macro_micro(y, probs, mask)
     out[f"{prefix}/macro_auprc"], out[f"{prefix}/micro_auprc"] = ap["macro"], ap["micro"]
     out[f"{prefix}/weighted_f1"] = fid.weighted_f1_openmic(y, probs >= threshold, mask)["mean"]
+    if "auprc_dcase" in variants:
+        dc = fid.auprc_dcase(y, probs)
+        out[f"{prefix}/macro_auprc_dcase"], out[f"{prefix}/micro_auprc_dcase"] = dc["macro"], dc["micro"]
+        out[f"{prefix}/micro_f1_dcase"] = dc["micro_f1"]
     return out
 
 
@@ -290,7 +297,8 @@ class Scorer:
         split = self.data.test
         target, mask = split.target.numpy(), split.mask.numpy()
         m: dict[str, float] = {"n_test": float(len(split))}
-        m.update(_label_metrics("classifier", f_probs, target, mask, self.kind, cfg.threshold))
+        m.update(_label_metrics("classifier", f_probs, target, mask, self.kind, cfg.threshold,
+                                 task.metric_variants))
         if s_all:
             s = torch.cat(s_all).numpy()
             if self.kind == "multiclass":
@@ -310,7 +318,8 @@ class Scorer:
                                                                     None)["mean"]
         if g_all:
             g = torch.cat(g_all).numpy()
-            m.update(_label_metrics("classification", g, target, mask, self.kind, cfg.threshold))
+            m.update(_label_metrics("classification", g, target, mask, self.kind,
+                                     cfg.threshold, task.metric_variants))
         official = task.official_metric
         for prefix in ("classification", "classifier"):
             key = next((k for k in m if k.startswith(prefix + "/") and k.endswith(official)), None)

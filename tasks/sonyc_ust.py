@@ -103,6 +103,8 @@ def aggregate_labels(df, split: str) -> tuple[list[str], np.ndarray, dict[str, i
 class SonycUSTTask(Task):
     """``sonyc-ust``: 8 coarse urban-sound tags, multilabel, one fold."""
 
+    metric_variants: ClassVar[tuple[str, ...]] = ("auprc_dcase",)  # official DCASE 2020 AUPRC
+
     name: ClassVar[str] = "sonyc-ust"
     kind: ClassVar[str] = "multilabel"  # type: ignore[assignment]
     official_metric: ClassVar[str] = "macro_auprc"

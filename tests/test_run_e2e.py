@@ -113,6 +113,8 @@ def test_real_tasks_run_end_to_end_on_official_layout_fixtures(tmp_path, task, m
     metrics = json.loads((cell / "metrics.json").read_text())
     assert metric in metrics
     assert any(k.startswith("fidelity/") for k in metrics)
+    if task == "sonyc-ust":  # the DCASE evaluation's own AUPRC beside scikit-learn's
+        assert "classifier/macro_auprc_dcase" in metrics
     assert "faithfulness/n_pairs" in metrics or metrics.get("n_test", 0) > 0
 
 
