@@ -67,6 +67,11 @@ def _parse_seeds(text: str) -> list[int]:
 def cmd_run(args: argparse.Namespace) -> int:
     from .runner import RunSpec, run, summarize
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
     seeds = _parse_seeds(args.seeds) if args.seeds else [args.seed]
     spec = RunSpec(method=args.method, task=args.task, data_root=args.data_root, fold=args.fold,
                    seeds=seeds, device=args.device, out=args.out, cache_dir=args.cache_dir,
@@ -220,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--on-bad-file", default="fail", choices=["fail", "skip"])
     r.add_argument("--classifier-weights", default=None,
                    help="checkpoint of the Kumar network to fine-tune instead of training f from scratch")
+    r.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; use 1 when several "
+                        "runs share a small machine: oversubscribed threads slow torch down a lot)")
     r.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
                    help="task setting, e.g. exclude_nmi=false (SONYC) or max_clips=500")
     r.set_defaults(func=cmd_run)
