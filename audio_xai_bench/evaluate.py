@@ -269,6 +269,7 @@ class Scorer:
         counts = [ffm.baseline_counts(sels[i], cfg.baseline_count) for i in range(len(taus))]
         g = torch.Generator().manual_seed(cfg.seed + 7919)
         out = {tau: [] for tau in taus}
+        removed_n = {tau: [] for tau in taus}
         offset = 0
         if all(k is not None for k in kept):
             items = iter(kept)
@@ -284,12 +285,14 @@ class Scorer:
                     rnd = ffm.random_outside(sel, cnt, g)
                 else:
                     rnd = ffm.random_any(n, sel.shape[1], cnt, g)
+                removed_n[tau].append(rnd.sum(1).float())
                 removed = e.mixture(rnd.to(e.relevance.device))
                 out[tau].append(ffm.ff_values(p0, self._removed_prob(sub, removed, classes)).cpu())
             offset += n
         for i, tau in enumerate(taus):
             pairs[f"random_ff@{tau}"] = torch.cat(out[tau]).float().numpy()
-            pairs[f"random_n@{tau}"] = counts[i].float().numpy()
+            # components actually removed: the count asked for, or all there are outside L
+            pairs[f"random_n@{tau}"] = torch.cat(removed_n[tau]).numpy()
 
     def _metrics(self, f_probs: np.ndarray, s_all, g_all, pairs: pd.DataFrame
                  ) -> dict[str, float]:
