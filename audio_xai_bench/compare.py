@@ -36,8 +36,8 @@ set-level metric on the pooled clips (bootstrap) or the mean over cells (t-tests
 otherwise); '' when not significant or the metric has no direction.
 
 Approximations: multilabel bootstraps pool the clips of all matched cells into one set
-(different seeds' f count as different rows) and cannot apply OpenMIC's label mask, which
-``per_sample.csv`` does not store (unannotated labels count as negatives there).
+(different seeds' f count as different rows); OpenMIC's label mask (``mask/<class>`` columns
+of ``per_sample.csv``) is resampled with the rows, so unannotated labels count in no metric.
 """
 from __future__ import annotations
 
@@ -171,11 +171,11 @@ def _set_metric(metric: str, kind: str) -> tuple[str, str, Callable] | None:
 
     group, _, stem = metric.partition("/")
     fns: dict[str, Callable] = {
-        "macro_auprc": lambda y, s: fid.average_precision_macro_micro(y, s, None)["macro"],
-        "micro_auprc": lambda y, s: fid.average_precision_macro_micro(y, s, None)["micro"],
-        "macro_auprc_11pt": lambda y, s: fid.auprc_11pt(y, s)["macro"],
-        "micro_auprc_11pt": lambda y, s: fid.auprc_11pt(y, s)["micro"],
-        "max_f1": lambda y, s: fid.max_f1(y, s),
+        "macro_auprc": lambda y, s, mask=None: fid.average_precision_macro_micro(y, s, mask)["macro"],
+        "micro_auprc": lambda y, s, mask=None: fid.average_precision_macro_micro(y, s, mask)["micro"],
+        "macro_auprc_11pt": lambda y, s, mask=None: fid.auprc_11pt(y, s, mask)["macro"],
+        "micro_auprc_11pt": lambda y, s, mask=None: fid.auprc_11pt(y, s, mask)["micro"],
+        "max_f1": lambda y, s, mask=None: fid.max_f1(y, s, mask),
     }
     if group == "fidelity" and stem in fns:
         return "f", "surrogate_prob/", fns[stem]
@@ -322,11 +322,15 @@ def _bootstrap(ja: pd.DataFrame, jb: pd.DataFrame, truth: str, prefix: str, fn: 
     else:
         labels = ja["labels"].fillna("").astype(str).str.split(";")
         y = np.array([[c in set(row) for c in classes] for row in labels], dtype=bool)
+    # labels that were never annotated (OpenMIC) count in no metric
+    mcols = [f"mask/{c}" for c in classes]
+    mask = (ja[mcols].to_numpy(int) > 0) if truth != "f" and all(c in ja for c in mcols) else None
     if fn == "weighted_f1":
-        def fn(yy, ss):  # noqa: E306 - the binarised-at-threshold OpenMIC F1
-            return fid.weighted_f1_openmic(yy, ss >= thr, None)["mean"]
-    r = stats.paired_bootstrap(fn, y, sa, sb, n_boot=n_boot, seed=seed)
-    return float(fn(y, sa)), float(fn(y, sb)), r, int(len(y))
+        def fn(yy, ss, mask=None):  # noqa: E306 - the binarised-at-threshold OpenMIC F1
+            return fid.weighted_f1_openmic(yy, ss >= thr, mask)["mean"]
+    extra = {} if mask is None else {"mask": mask}
+    r = stats.paired_bootstrap(fn, y, sa, sb, n_boot=n_boot, seed=seed, **extra)
+    return float(fn(y, sa, mask)), float(fn(y, sb, mask)), r, int(len(y))
 
 
 def compare(out: str | os.PathLike, task: str, methods: Sequence[str],

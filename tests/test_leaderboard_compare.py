@@ -294,6 +294,31 @@ def test_compare_multilabel_bootstrap(tmp_path):
     assert t["mean_a"].item() > t["mean_b"].item() and t["winner"].item() == "a"
 
 
+def test_compare_bootstrap_ignores_unannotated_labels(tmp_path):
+    """OpenMIC-style masks: where only the annotated labels count, 'a' is perfect and 'b' is
+    not; the unannotated entries (where 'a' looks wrong) must not decide the comparison."""
+    out = tmp_path / "runs"
+    rng = np.random.default_rng(1)
+    n = 60
+    y = rng.random((n, 3)) > 0.5
+    mask = rng.random((n, 3)) > 0.3
+    for m in ("a", "b"):
+        df = pd.DataFrame({"id": [f"c{i}" for i in range(n)],
+                           "labels": [";".join(np.asarray(CLASSES)[r]) for r in y]})
+        if m == "a":  # right on annotated labels, inverted on the others
+            score = np.where(mask, y, ~y).astype(float)
+        else:         # right everywhere, with noise
+            score = np.clip(y + rng.normal(0, 0.6, y.shape), 0, 1)
+        for c, name in enumerate(CLASSES):
+            df[f"prob/{name}"] = score[:, c]
+            df[f"mask/{name}"] = mask[:, c].astype(int)
+        make_cell(out, m, 0, {"classification/macro_auprc": 0.5}, per_sample=df,
+                  kind="multilabel")
+    t = compare(out, "toy", ["a", "b"], "classification/macro_auprc", n_boot=200)
+    assert t["test"].item() == "paired_bootstrap"
+    assert t["mean_a"].item() == pytest.approx(1.0) and t["winner"].item() == "a"
+
+
 # ---------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------
