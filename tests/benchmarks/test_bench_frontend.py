@@ -7,11 +7,12 @@ log-mel (power_to_db of the Slaney mel filters applied to |STFT|, top_db 80). Ru
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
 import torch
+
+from _timing import best_of
 
 from audio_xai_bench.api import FrontendConfig
 from audio_xai_bench.audio import Frontend
@@ -44,14 +45,6 @@ def _torch_features(fe: Frontend, clips: torch.Tensor):
         return fe.analyze(clips)
 
 
-def _best_of(fn, repeats=3):
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
 
 def test_frontend_throughput_vs_librosa(benchmark, clips):
     fe = Frontend(CFG)
@@ -60,7 +53,7 @@ def test_frontend_throughput_vs_librosa(benchmark, clips):
     ref = _librosa_features(clips[:2])
     np.testing.assert_allclose(X[0].numpy(), ref[0][0], atol=1e-3)
     np.testing.assert_allclose(logmel[0, 0].numpy().T, ref[0][2], atol=1e-2)
-    t_librosa = _best_of(lambda: _librosa_features(clips))
+    t_librosa = best_of(lambda: _librosa_features(clips))
     benchmark.pedantic(_torch_features, args=(fe, x), rounds=3, iterations=1)
     t_torch = benchmark.stats.stats.min
     ratio = t_librosa / t_torch

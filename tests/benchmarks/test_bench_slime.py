@@ -23,11 +23,11 @@ Timings are the min over ROUNDS; the printed ratios are lime time / our time.
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 import pytest
 import torch
+from _timing import best_of
 
 from audio_xai_bench.api import Batch, FrontendConfig
 from audio_xai_bench.audio import Frontend
@@ -96,20 +96,12 @@ def _ours(ex, batch, classes):
         return ex.explain(batch, classes)
 
 
-def _min_time(fn, rounds=ROUNDS):
-    best = float("inf")
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
 
 def test_bench_slime_vs_lime(benchmark, setup):
     fe, f, batch, classes, ex = setup
     _ours(ex, batch, classes)  # warm-up
-    t_lime10 = _min_time(lambda: _lime_path(fe, f, batch, classes, ex, 10))
-    t_lime_n = _min_time(lambda: _lime_path(fe, f, batch, classes, ex, N))
+    t_lime10 = best_of(lambda: _lime_path(fe, f, batch, classes, ex, 10), ROUNDS)
+    t_lime_n = best_of(lambda: _lime_path(fe, f, batch, classes, ex, N), ROUNDS)
     benchmark.pedantic(lambda: _ours(ex, batch, classes), rounds=ROUNDS, iterations=1)
     t_ours = benchmark.stats.stats.min
     print(f"\nSLIME benchmark: {CLIPS} clips x {N} samples, K = 20, torch threads "
