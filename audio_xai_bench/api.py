@@ -132,12 +132,22 @@ class Task:
     metric_variants: ClassVar[tuple[str, ...]] = ()
     # classes excluded from class-wise results (e.g. SONYC 'non-machinery-impact')
     classwise_exclude: ClassVar[tuple[str, ...]] = ()
+    # ``--task-option`` keys this task understands, with their defaults (type) and rules
+    # (settings.Rule); ``None`` leaves options unchecked (plugins written before declarations)
+    option_defaults: ClassVar[dict[str, Any] | None] = None
+    option_rules: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, data_root: str | None = None, profile: str = "default", seed: int = 0,
                  **options: Any) -> None:
         self.data_root = data_root
         self.profile = profile
         self.seed = seed
+        if self.option_defaults is not None:
+            from .settings import resolve
+
+            checked = resolve(f"task {self.name} (--task-option)", self.option_defaults,
+                              options, self.option_rules)
+            options = {k: checked[k] for k in options}  # unset keys keep the task's own default
         self.options = options
 
     @property
@@ -273,6 +283,8 @@ class Explainer:
     listenable: ClassVar[bool] = True  # its components make sense as audio
     defaults: ClassVar[dict[str, Any]] = {}
     small_profile: ClassVar[dict[str, Any]] = {}  # overrides for ``--profile small``
+    # allowed values of settings beyond settings.COMMON_RULES (key -> settings.Rule)
+    setting_rules: ClassVar[dict[str, Any]] = {}
     registry_name: ClassVar[str] = ""
 
     def __init__(self, config: dict[str, Any], seed: int = 0,
@@ -307,7 +319,10 @@ class Explainer:
                        overrides: dict[str, Any]) -> dict[str, Any]:
         """defaults < task.method_defaults[name] < small profile < --set overrides.
 
-        Unknown keys in ``overrides`` raise a ``KeyError`` listing the valid ones."""
+        Every value is parsed and checked against its declared rule (``settings.py``:
+        ``COMMON_RULES`` and the class's ``setting_rules``); unknown keys, unparsable or
+        out-of-range values raise ``settings.SettingsError`` naming the key and the allowed
+        values, before any work is done."""
         cfg = dict(cls.defaults)
         if task is not None:
             for key in (cls.registry_name, getattr(cls, "task_defaults_key", "")):
@@ -316,13 +331,10 @@ class Explainer:
                     break
         if profile == "small":
             cfg.update(cls.small_profile)
-        unknown = sorted(set(overrides) - set(cfg))
-        if unknown:
-            raise KeyError(f"unknown setting(s) {unknown} for method {cls.registry_name or cls.__name__};"
-                           f" valid keys: {', '.join(sorted(cfg))}")
-        for k, v in overrides.items():
-            cfg[k] = coerce_like(cfg[k], v)
-        return cfg
+        from .settings import resolve
+
+        return resolve(f"method {cls.registry_name or cls.__name__}", cfg, overrides,
+                       cls.setting_rules)
 
 
 def coerce_like(reference: Any, value: Any) -> Any:

@@ -6,6 +6,12 @@ import os
 import sys
 from typing import Any, Sequence
 
+from .settings import SettingsError
+
+#: exit codes: 0 done; 1 nothing found to work on; 2 refused input (a bad option, setting,
+#: dataset layout or file: the message names it; nothing was written); 130 interrupted
+EXIT_USAGE = 2
+
 METRIC_DOCS: dict[str, str] = {
     "classifier/accuracy_top1|top5": "f against the labels (multiclass)",
     "classifier/macro_auprc|micro_auprc|weighted_f1": "f against the labels (multilabel; masked labels excluded)",
@@ -32,7 +38,7 @@ def _parse_sets(items: Sequence[str]) -> dict[str, str]:
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise SystemExit(f"error: --set expects key=value, got {item!r}")
+            raise SettingsError(f"--set / --task-option expect key=value, got {item!r}")
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out
@@ -61,7 +67,7 @@ def _parse_seeds(text: str) -> list[int]:
     try:
         return [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise SystemExit(f"error: --seeds expects integers like 0,1,2, got {text!r}") from None
+        raise SettingsError(f"--seeds expects integers like 0,1,2, got {text!r}") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -86,9 +92,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"aggregate over {len(records)} cell(s): {path}")
     import pandas as pd
 
+    from .leaderboard import MAIN_METRICS
+
+    main_rows = [m for m in MAIN_METRICS if m in table.index]
+    short = table.loc[main_rows] if main_rows else table
     with pd.option_context("display.max_rows", 200, "display.width", 120):
-        print(f"\n{args.method} on {args.task}: {len(records)} cell(s)")
-        print(table.to_string(float_format=lambda v: f"{v:.4f}"))
+        print(f"\n{args.method} on {args.task}: {len(records)} cell(s), mean ± std over cells")
+        print(short.to_string(float_format=lambda v: f"{v:.4f}"))
+    if records:
+        print(f"every metric ({len(table)}): metrics.json in each cell, e.g. "
+              f"{os.path.join(str(records[0]['path']), 'metrics.json')}")
     return 0
 
 
@@ -100,6 +113,8 @@ def _first_line(obj: Any) -> str:
 def cmd_list(args: argparse.Namespace) -> int:
     from .registry import METHODS, TASKS
 
+    if args.method:
+        return _list_settings(args.method, args.task)
     print("methods:")
     for name in METHODS.names():
         try:
@@ -118,6 +133,28 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("metrics:")
     for name, doc in METRIC_DOCS.items():
         print(f"  {name:46s} {doc}")
+    return 0
+
+
+def _list_settings(method: str, task_name: str | None) -> int:
+    """The settings table of one method (and of f and the scorer), from the declarations."""
+    from . import settings
+    from .evaluate import EvalConfig
+    from .registry import METHODS, TASKS
+    from .runner import resolve_classifier_config
+
+    cls = METHODS.get(method)
+    task = TASKS.get(task_name)() if task_name else None
+    sections = [(f"method {method}" + (f" on {task_name}" if task else " (defaults)"),
+                 cls.resolve_config(task, "default", {}), cls.setting_rules, "--set KEY=VALUE")]
+    if task is not None:
+        sections.append(("classifier f", resolve_classifier_config(task, "default", {}), {},
+                         "--set classifier.KEY=VALUE"))
+    sections.append(("scorer", EvalConfig().as_dict(), {}, "--set eval.KEY=VALUE"))
+    for title, cfg, rules, how in sections:
+        print(f"{title} ({how}):")
+        for key, typ, default, allowed in settings.table(cfg, rules):
+            print(f"  {key:22s} {typ:6s} {default:26s} {allowed}")
     return 0
 
 
@@ -146,6 +183,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    if metrics:
+        known = set(long_df["metric"].unique())
+        unknown = [m for m in metrics if m not in known]
+        if unknown:
+            raise SettingsError(f"unknown metric(s) {unknown} for --metrics; the finished cells "
+                                f"report: {', '.join(sorted(known))}")
     for task in sorted(long_df["task"].unique()):
         part = long_df[long_df["task"] == task]
         table = format_summary(summary(part), metrics)
@@ -206,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="audio-xai-bench",
                                 description="Evaluate interpretability methods of audio "
                                             "classifiers (Parekh et al., TASLP 2024 protocol).")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars (they are shown only on a terminal anyway)")
+    p.add_argument("--log-file", default=None,
+                   help="also append the messages and the summary to this file")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="fit and evaluate one method on one task")
@@ -232,7 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="task setting, e.g. exclude_nmi=false (SONYC) or max_clips=500")
     r.set_defaults(func=cmd_run)
 
-    ls = sub.add_parser("list", help="list methods, tasks and metrics")
+    ls = sub.add_parser("list", help="list methods, tasks and metrics, or one method's settings")
+    ls.add_argument("--method", default=None,
+                    help="print this method's settings: type, default, allowed values")
+    ls.add_argument("--task", default=None, help="with --method: the defaults on this task")
     ls.set_defaults(func=cmd_list)
 
     pr = sub.add_parser("prepare", help="check a dataset's layout and build its cache")
@@ -279,20 +329,54 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Tee:
+    """stdout copy into ``--log-file`` (summary lines and messages, never progress bars)."""
+
+    def __init__(self, stream, path: str) -> None:
+        self.stream, self.file = stream, open(path, "a", encoding="utf-8")
+
+    def write(self, text: str) -> int:
+        self.file.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+        self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from . import progress
+
     args = build_parser().parse_args(argv)
+    progress.QUIET = bool(args.quiet)
+    tee = None
+    if args.log_file:
+        tee = _Tee(sys.stdout, args.log_file)
+        sys.stdout = tee
+    try:
+        return _dispatch(args)
+    finally:
+        if tee is not None:
+            sys.stdout = tee.stream
+            tee.file.close()
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted: finished cells are kept; rerun the same command to resume",
               file=sys.stderr)
         return 130
-    except (KeyError, ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
+    except (KeyError, ValueError, TypeError, OSError, RuntimeError) as exc:
         if os.environ.get("AXB_DEBUG"):
             raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -37,9 +37,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from .progress import bar as progress_bar
 
 from .api import Example, FrontendConfig, SplitData
+from .results import umask_mode
 from .audio import AudioError, check_waveform, fix_length, load_audio
 
 CACHE_VERSION = 1
@@ -96,7 +97,7 @@ def _iter_loaded(examples: list[Example], fe: FrontendConfig, num_workers: int |
             return exc, (0, 0)
 
     workers = _default_workers() if num_workers is None else max(1, int(num_workers))
-    bar = tqdm(total=len(examples), desc=desc, leave=False, disable=len(examples) < 64)
+    bar = progress_bar(total=len(examples), desc=desc, leave=False, disable=len(examples) < 64)
     try:
         if workers == 1:
             for i, ex in enumerate(examples):
@@ -285,6 +286,7 @@ def build_cache_entry(examples: list[Example], fe: FrontendConfig, base: str,
     final = os.path.join(base, list_key(fps))
     os.makedirs(base, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(final) + ".tmp-", dir=base)
+    umask_mode(tmp, directory=True)
     try:
         full = np.lib.format.open_memmap(os.path.join(tmp, "full.npy"), mode="w+",
                                          dtype=np.float32, shape=(len(examples), fe.clip_samples))

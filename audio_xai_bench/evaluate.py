@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from .progress import bar as progress_bar
 
 from .api import Batch, Explainer, TaskData
 from .classifier import probabilities
@@ -141,7 +141,7 @@ class Scorer:
         kept_bytes = 0.0
         listen: list[dict[str, Any]] = []
         has_sources = split.sources is not None
-        for batch in tqdm(self.loader, desc="evaluating", leave=False):
+        for batch in progress_bar(self.loader, desc="evaluating", leave=False):
             f_prob = self._f_probs(batch.logmel)
             f_all.append(f_prob.cpu())
             if "surrogate" in self.caps:
@@ -275,7 +275,7 @@ class Scorer:
             items = iter(kept)
         else:
             items = self._batches_with_pairs(kept)
-        for sub, e, classes, p0 in tqdm(items, total=len(kept), desc="random baseline",
+        for sub, e, classes, p0 in progress_bar(items, total=len(kept), desc="random baseline",
                                         leave=False):
             n = len(classes)
             for i, tau in enumerate(taus):

@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .results import find_cells
+from .results import find_cells, umask_mode
 
 __all__ = ["COLUMNS", "higher_is_better", "collect", "cell_rows", "summary", "format_summary",
            "publish", "aggregate", "write_aggregate", "MAIN_METRICS", "main_metrics"]
@@ -360,6 +360,7 @@ def _locked(lock_path: Path) -> Iterator[None]:
 
 def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask_mode(tmp)
     try:
         with os.fdopen(fd, "w", newline="") as fh:
             df.to_csv(fh, index=False)
@@ -455,18 +456,28 @@ def aggregate(records: list[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def write_aggregate(records: list[Mapping[str, Any]]) -> list[Path]:
-    """Write ``aggregate.csv`` into each method folder of ``records`` (normally one:
-    ``runs/<task>/<method>/aggregate.csv``), atomically. Returns the written paths."""
-    by_dir: dict[Path, list] = {}
+    """Write one aggregate per method folder **and variant** of ``records``, atomically:
+    ``runs/<task>/<method>/aggregate.csv`` for the method's default settings, and
+    ``aggregate_<variant hash>.csv`` for any other variant (its ``variant`` column names it),
+    so a later ``--profile small`` or ``--set`` run never overwrites the default's aggregate.
+    Returns the written paths."""
+    import hashlib
+
+    by_key: dict[tuple[Path, str], list] = {}
+    cache: dict = {}
     for r in records:
         p = Path(str(r.get("path", "")))
         if p.name:
-            by_dir.setdefault(p.parent, []).append(r)
+            variant = variant_of(r.get("config") or {}, cache)
+            by_key.setdefault((p.parent, variant), []).append(r)
     written = []
-    for folder, recs in by_dir.items():
-        target = folder / "aggregate.csv"
-        _atomic_csv(aggregate(recs), target)
-        written.append(target)
+    for (folder, variant), recs in by_key.items():
+        name = "aggregate.csv" if not variant else \
+            f"aggregate_{hashlib.sha256(variant.encode()).hexdigest()[:8]}.csv"
+        table = aggregate(recs)
+        table.insert(0, "variant", variant)
+        _atomic_csv(table, folder / name)
+        written.append(folder / name)
     return written
 
 

@@ -59,6 +59,15 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
+def umask_mode(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give a file made by ``tempfile`` (created 0600 / 0700 whatever the umask) the mode an
+    ordinary ``open`` / ``mkdir`` would have had, so results and caches are shareable on a
+    group machine exactly as the user's umask says."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~mask)
+
+
 def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default))
 
@@ -72,6 +81,7 @@ def write_cell(path: Path, *, config: dict, metrics: dict[str, float], per_sampl
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    umask_mode(tmp, directory=True)
     try:
         write_json(tmp / "config.json", config)
         write_json(tmp / "metrics.json", metrics)

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import classifier as clf
-from .api import Batch, Explainer, Task, TaskData, coerce_like
+from . import settings
+from .api import Batch, Explainer, Task, TaskData
 from .audio import Frontend
 from .data import LoadReport, materialize
 from .evaluate import EvalConfig, Scorer
@@ -77,22 +78,13 @@ def resolve_classifier_config(task: Task, profile: str, overrides: dict) -> dict
     if profile == "small":
         cfg.update({"epochs": 3, "width": 0.0625, "head_mid": 32})
         cfg.update(getattr(task, "classifier_small", {}))
-    unknown = sorted(set(overrides) - set(cfg))
-    if unknown:
-        raise KeyError(f"unknown classifier setting(s) {unknown}; valid: {', '.join(sorted(cfg))}")
-    for k, v in overrides.items():
-        cfg[k] = coerce_like(cfg[k], v)
-    return cfg
+    return settings.resolve("the classifier f (classifier.*)", cfg, overrides)
 
 
 def resolve_eval_config(overrides: dict, seed: int) -> EvalConfig:
     base = EvalConfig(seed=seed)
-    valid = base.as_dict()
-    unknown = sorted(set(overrides) - set(valid))
-    if unknown:
-        raise KeyError(f"unknown eval setting(s) {unknown}; valid: {', '.join(sorted(valid))}")
-    for k, v in overrides.items():
-        setattr(base, k, coerce_like(valid[k], v))
+    for k, v in settings.resolve("the scorer (eval.*)", base.as_dict(), overrides).items():
+        setattr(base, k, v)
     return base
 
 
@@ -217,18 +209,54 @@ def run(spec: RunSpec, log=print) -> list[dict[str, Any]]:
     task_cls = TASKS.get(spec.task)
     m_over, c_over, e_over = split_overrides(spec.overrides)
     cache = Path(spec.cache_dir) if spec.cache_dir else Path(spec.out) / ".cache"
-    records = []
-    for seed in spec.seeds:
+    seeds = check_seeds(spec.seeds)
+    # everything is resolved and checked before any work (f, dictionary, fit) starts
+    plan = []
+    for seed in seeds:
         task: Task = task_cls(data_root=spec.data_root, profile=spec.profile, seed=0,
                               **spec.task_options)
         method_cfg = method_cls.resolve_config(task, spec.profile, m_over)
         clf_cfg = resolve_classifier_config(task, spec.profile, c_over)
         eval_cfg = resolve_eval_config(e_over, seed)
+        if spec.fold != "all" and spec.fold not in task.fold_names():
+            raise settings.SettingsError(f"--fold {spec.fold!r} is not a fold of {task.name}; "
+                                         f"valid: all, {', '.join(task.fold_names())}")
+        plan.append((seed, task, method_cfg, clf_cfg, eval_cfg))
+    check_writable(Path(spec.out), cache)
+    records = []
+    for seed, task, method_cfg, clf_cfg, eval_cfg in plan:
         fold_arg = None if spec.fold == "all" else spec.fold
         for fold in task.folds(fold_arg):
             records.append(_run_cell(spec, task, fold, seed, method_cls, method_cfg, clf_cfg,
                                      eval_cfg, device, cache, log))
     return records
+
+
+def check_seeds(seeds: list[int]) -> list[int]:
+    """Seeds as given, de-duplicated in order; negative seeds are refused."""
+    bad = [s for s in seeds if int(s) < 0]
+    if bad:
+        raise settings.SettingsError(f"seeds must be integers >= 0, got {bad}")
+    return list(dict.fromkeys(int(s) for s in seeds))
+
+
+def check_writable(*folders: Path, min_free_mb: float = 200.0) -> None:
+    """Fail before training when a results or cache folder cannot be written (or its disk has
+    less than ``min_free_mb`` free), naming the folder."""
+    import os
+    import shutil
+
+    for folder in folders:
+        probe = folder
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise PermissionError(f"cannot write to {folder} ({probe} is not writable); "
+                                  f"choose another --out / --cache-dir")
+        free = shutil.disk_usage(probe).free / 2**20
+        if free < min_free_mb:
+            raise OSError(f"only {free:.0f} MB free under {probe}: a run needs at least "
+                          f"{min_free_mb:.0f} MB for its caches and results")
 
 
 def _run_cell(spec: RunSpec, task: Task, fold, seed: int, method_cls, method_cfg: dict,

@@ -15,9 +15,10 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from .progress import bar as progress_bar
 
 from .api import Batch, SplitData
+from .results import umask_mode
 
 
 class BatchLoader:
@@ -91,6 +92,7 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask_mode(tmp)
     os.close(fd)
     try:
         torch.save(obj, tmp)
@@ -135,7 +137,7 @@ def fit(model: nn.Module, params: Iterable[nn.Parameter],
         start, history = int(state["epoch"]), list(state["history"])
         best_score, best_state = float(state["best_score"]), state["best_state"]
         loader.epoch = start
-    bar = tqdm(range(start, epochs), desc=desc, leave=False, initial=start, total=epochs,
+    bar = progress_bar(range(start, epochs), desc=desc, leave=False, initial=start, total=epochs,
                disable=epochs == 0)
     for epoch in bar:
         factor = lr_schedule(epoch) if lr_schedule else 1.0

@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from audio_xai_bench.api import Batch, Explainer, TaskData, coerce_like
+from audio_xai_bench.api import Batch, Explainer, TaskData
+from audio_xai_bench.settings import resolve
 from audio_xai_bench.classifier import DEFAULTS as CLF_DEFAULTS
 from audio_xai_bench.classifier import probabilities
 from audio_xai_bench.methods.l2i import fidelity_loss
@@ -149,14 +150,8 @@ class FLINT(Explainer):
         per-task dictionaries (e.g. L2I's 'beta' or 'attention' are dropped)."""
         cfg = super().resolve_config(task, profile, {})
         cfg = {k: v for k, v in cfg.items() if k in cls.defaults}
-        unknown = sorted(set(overrides) - set(cfg))
-        if unknown:
-            name = cls.registry_name or cls.__name__
-            raise KeyError(f"unknown setting(s) {unknown} for method {name};"
-                           f" valid keys: {', '.join(sorted(cfg))}")
-        for k, v in overrides.items():
-            cfg[k] = coerce_like(cfg[k], v)
-        return cfg
+        return resolve(f"method {cls.registry_name or cls.__name__}", cfg, overrides,
+                       cls.setting_rules)
 
     # -- building --------------------------------------------------------------------------
     def _build(self, data: TaskData, chans: dict[str, int]) -> None:

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from audio_xai_bench.api import Example, Fold, FrontendConfig, Task
+from audio_xai_bench.settings import Rule
 
 from . import _layout as L
 
@@ -64,6 +65,11 @@ class ESC50Task(Task):
     finetune: ClassVar[str] = "head"  # paper IV-B1: only the layers after the conv blocks
 
     name: ClassVar[str] = "esc50"
+    option_defaults: ClassVar[dict[str, Any] | None] = {
+        "max_clips": None, "valid_fraction": 0.125,
+    }
+    option_rules: ClassVar[dict[str, Any]] = {"max_clips": Rule(ge=1),
+                                             "valid_fraction": Rule(gt=0, lt=1)}
     kind: ClassVar[str] = "multiclass"  # type: ignore[assignment]
     official_metric: ClassVar[str] = "accuracy_top1"
     method_defaults: ClassVar[dict[str, dict[str, Any]]] = METHOD_DEFAULTS

@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from audio_xai_bench.api import Example, Fold, FrontendConfig, Task
+from audio_xai_bench.settings import Rule
 
 from . import _layout as L
 
@@ -70,6 +71,14 @@ class OpenMICTask(Task):
     """``openmic``: 20 instruments, partially annotated weak labels."""
 
     name: ClassVar[str] = "openmic"
+    option_defaults: ClassVar[dict[str, Any] | None] = {
+        "max_clips": None, "valid_fraction": 0.125,
+        "dict_atoms_per_class": None, "dict_clips_per_class": 500, "dict_mu": 0.8,
+        "dict_n_iter": 100,
+    }
+    option_rules: ClassVar[dict[str, Any]] = {"max_clips": Rule(ge=1),
+                                             "valid_fraction": Rule(gt=0, lt=1), "dict_atoms_per_class": Rule(ge=1),
+                                             "dict_clips_per_class": Rule(ge=1)}
     kind: ClassVar[str] = "multilabel"  # type: ignore[assignment]
     official_metric: ClassVar[str] = "weighted_f1"
     method_defaults: ClassVar[dict[str, dict[str, Any]]] = METHOD_DEFAULTS

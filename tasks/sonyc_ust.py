@@ -51,6 +51,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from audio_xai_bench.api import Example, Fold, FrontendConfig, Task
+from audio_xai_bench.settings import Rule
 
 from . import _layout as L
 
@@ -106,6 +107,16 @@ class SonycUSTTask(Task):
     metric_variants: ClassVar[tuple[str, ...]] = ("auprc_dcase",)  # official DCASE 2020 AUPRC
 
     name: ClassVar[str] = "sonyc-ust"
+    option_defaults: ClassVar[dict[str, Any] | None] = {
+        "max_clips": None, "valid_fraction": 0.125,
+        "exclude_nmi": True, "dict_classes": tuple(CLASSES), "dict_include_noise": False,
+        "dict_atoms_per_class": None, "dict_noise_atoms": None, "dict_clips_per_class": 700,
+        "dict_noise_clips": 1000, "dict_mu": 0.8, "dict_n_iter": 100,
+    }
+    option_rules: ClassVar[dict[str, Any]] = {"max_clips": Rule(ge=1),
+                                             "valid_fraction": Rule(gt=0, lt=1), "dict_classes": Rule(choices=tuple(CLASSES)),
+                                             "dict_atoms_per_class": Rule(ge=1),
+                                             "dict_clips_per_class": Rule(ge=1)}
     kind: ClassVar[str] = "multilabel"  # type: ignore[assignment]
     official_metric: ClassVar[str] = "macro_auprc"
     method_defaults: ClassVar[dict[str, dict[str, Any]]] = METHOD_DEFAULTS

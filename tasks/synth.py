@@ -119,6 +119,7 @@ class SynthTask(Task):
     """``synth``: 8 event classes, one event per clip (multiclass)."""
 
     name: ClassVar[str] = "synth"
+    option_defaults: ClassVar[dict[str, Any] | None] = {}
     kind: ClassVar[str] = "multiclass"  # type: ignore[assignment]
     official_metric: ClassVar[str] = "accuracy_top1"
     max_events: ClassVar[int] = 1

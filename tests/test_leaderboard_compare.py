@@ -357,7 +357,8 @@ def test_cli_end_to_end(tmp_path, capsys):
     for method in ("l2i", "random"):
         assert main(["run", "--method", method, "--task", "synth", "--profile", "small",
                      "--seeds", "0,1", "--out", out]) == 0
-    assert (Path(out) / "synth" / "l2i" / "aggregate.csv").is_file()
+    aggs = list((Path(out) / "synth" / "l2i").glob("aggregate*.csv"))
+    assert len(aggs) == 1 and pd.read_csv(aggs[0])["variant"].iloc[0] == "profile=small"
     assert main(["leaderboard", "--task", "synth", "--out", out, "--publish", "--root",
                  str(tmp_path / "lb")]) == 0
     long_df = pd.read_csv(tmp_path / "lb" / "synth.csv")
