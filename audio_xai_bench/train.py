@@ -107,6 +107,41 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def get_rng_state() -> dict:
+    """Every random state a training epoch draws from (torch CPU and CUDA, numpy, Python), in
+    tensors and plain values so that ``torch.load(weights_only=True)`` reads it back. The
+    loaders' shuffling needs none: it is seeded by (seed, epoch)."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    py = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
+                      "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "python": {"version": py[0], "state": torch.tensor(py[1], dtype=torch.int64),
+                       "gauss": py[2]}}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`get_rng_state` saved (exact resume: the resumed run draws the same
+    dropout masks and random numbers as an uninterrupted one)."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["gauss"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+
+
 def fit(model: nn.Module, params: Iterable[nn.Parameter],
         loss_fn: Callable[[Batch, int], dict[str, Tensor]], loader: BatchLoader, *,
         epochs: int, lr: float, validate: Callable[[], float] | None = None,
@@ -137,6 +172,8 @@ def fit(model: nn.Module, params: Iterable[nn.Parameter],
         start, history = int(state["epoch"]), list(state["history"])
         best_score, best_state = float(state["best_score"]), state["best_state"]
         loader.epoch = start
+        if "rng" in state:
+            set_rng_state(state["rng"])
     bar = progress_bar(range(start, epochs), desc=desc, leave=False, initial=start, total=epochs,
                disable=epochs == 0)
     for epoch in bar:
@@ -170,7 +207,7 @@ def fit(model: nn.Module, params: Iterable[nn.Parameter],
         if ckpt is not None:
             atomic_save({"model": model.state_dict(), "optim": opt.state_dict(),
                          "epoch": epoch + 1, "history": history, "best_score": best_score,
-                         "best_state": best_state}, ckpt)
+                         "best_state": best_state, "rng": get_rng_state()}, ckpt)
     if select == "valid" and best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
