@@ -102,9 +102,28 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
             os.remove(tmp)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint or cache file that cannot be read as a plain state dict; names the file."""
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu"):
-    """torch.load with ``weights_only=True`` (never unpickle arbitrary objects)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """torch.load with ``weights_only=True`` (never unpickle arbitrary objects). A missing,
+    truncated or corrupt file, or one that holds more than tensors and plain values, raises
+    :class:`CheckpointError` naming the file."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path} is not a plain state dict (tensors, numbers, strings, lists, dicts): "
+            f"it holds pickled Python objects, which the suite refuses to load; save "
+            f"model.state_dict() instead") from None
+    except (EOFError, OSError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{path} is truncated or not a torch checkpoint "
+                              f"({type(exc).__name__}); delete it to rebuild it") from None
 
 
 def get_rng_state() -> dict:

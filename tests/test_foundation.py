@@ -214,3 +214,27 @@ def test_resumed_training_equals_the_uninterrupted_one_bit_for_bit(tmp_path):
     for (k, a), b in zip(ref.state_dict().items(), net.state_dict().values()):
         assert torch.equal(a, b), k
     assert [h["loss"] for h in hist] == [h["loss"] for h in hist_ref]
+
+
+def test_bad_checkpoints_are_named_and_never_unpickled(tmp_path):
+    from audio_xai_bench.train import CheckpointError, load_checkpoint
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": Evil()}, evil)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.ones(3)}, good)
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(good.read_bytes()[:40])
+    for path, needle in ((evil, "not a plain state dict"), (empty, "truncated"),
+                         (trunc, "truncated"), (tmp_path / "none.pt", "does not exist")):
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path)
+        assert str(path) in str(info.value) and needle in str(info.value)
+        assert "weights_only=False" not in str(info.value)
+    assert torch.equal(load_checkpoint(good)["w"], torch.ones(3))
