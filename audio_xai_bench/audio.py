@@ -42,6 +42,10 @@ def load_audio(path: str | os.PathLike, sample_rate: int, *, expected_rate: int 
     info = {"channels": int(data.shape[1]), "file_rate": int(sr)}
     if data.shape[0] == 0:
         raise AudioError(f"audio file {path} is empty (0 samples)")
+    declared = wav_declared_frames(path)
+    if declared is not None and data.shape[0] < declared:
+        raise AudioError(f"audio file {path} is truncated: its header declares {declared} "
+                         f"frames, the file holds {data.shape[0]}")
     if not np.isfinite(data).all():
         raise AudioError(f"audio file {path} contains NaN or infinite samples")
     wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
@@ -51,6 +55,41 @@ def load_audio(path: str | os.PathLike, sample_rate: int, *, expected_rate: int 
         wave = soxr.resample(wave, sr, sample_rate, quality="HQ").astype(np.float32)
         info["resampled_from"] = int(sr)
     return np.ascontiguousarray(wave, dtype=np.float32), info
+
+
+def wav_declared_frames(path: str) -> int | None:
+    """Frames a RIFF/WAVE header declares (data chunk size / block align), or None for other
+    formats or an unreadable header. libsndfile silently shortens a truncated WAV to the bytes
+    present, so this is how a cut-off download is told from a short recording."""
+    import struct
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            block_align = None
+            while True:
+                chunk = fh.read(8)
+                if len(chunk) < 8:
+                    return None
+                cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if cid == b"fmt ":
+                    fmt = fh.read(size + (size & 1))
+                    block_align = struct.unpack("<H", fmt[12:14])[0]
+                elif cid == b"data":
+                    if not block_align or size == 0xFFFFFFFF:  # streamed WAV: size unknown
+                        return None
+                    return size // block_align
+                else:
+                    fh.seek(size + (size & 1), 1)
+    except (OSError, struct.error):
+        return None
+
+
+#: a decoded clip shorter than this share of the task's clip length is a bad file (it follows
+#: ``--on-bad-file``); a shorter-than-clip file above it is zero-padded and counted
+MIN_CLIP_FRACTION = 0.5
 
 
 def fix_length(wave: np.ndarray, n: int) -> np.ndarray:

@@ -41,9 +41,9 @@ from .progress import bar as progress_bar
 
 from .api import Example, FrontendConfig, SplitData
 from .results import umask_mode
-from .audio import AudioError, check_waveform, fix_length, load_audio
+from .audio import MIN_CLIP_FRACTION, AudioError, check_waveform, fix_length, load_audio
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: rows record padding; short and truncated files are bad files
 
 
 @dataclass
@@ -54,10 +54,11 @@ class LoadReport:
     resampled: int = 0
     downmixed: int = 0
     cache: str = "off"  # 'off' | 'hit' | 'built'
+    padded: int = 0  # clips shorter than the clip length, zero-padded at the end
     cache_path: str | None = None
 
     def as_dict(self) -> dict:
-        return {"skipped": self.skipped, "n_skipped": len(self.skipped),
+        return {"skipped": self.skipped, "n_skipped": len(self.skipped), "padded": self.padded,
                 "resampled": self.resampled, "downmixed": self.downmixed,
                 "cache": self.cache, "cache_path": self.cache_path}
 
@@ -66,11 +67,13 @@ def load_example_audio(ex: Example, fe: FrontendConfig, report: LoadReport) -> n
     wave, flags = _load_one(ex, fe)
     report.resampled += flags[0]
     report.downmixed += flags[1]
+    report.padded += flags[2]
     return wave
 
 
-def _load_one(ex: Example, fe: FrontendConfig) -> tuple[np.ndarray, tuple[int, int]]:
-    """(waveform of exactly clip_samples, (resampled, downmixed))."""
+def _load_one(ex: Example, fe: FrontendConfig) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """(waveform of exactly clip_samples, (resampled, downmixed, padded)). A clip shorter
+    than ``MIN_CLIP_FRACTION`` of the clip length is an ``AudioError`` naming it."""
     flags = (0, 0)
     if ex.audio is not None:
         wave = np.asarray(ex.audio, dtype=np.float32)
@@ -80,7 +83,12 @@ def _load_one(ex: Example, fe: FrontendConfig) -> tuple[np.ndarray, tuple[int, i
     else:
         raise AudioError(f"example {ex.id} has neither audio nor a path")
     check_waveform(wave, ex.path or ex.id)
-    return fix_length(wave, fe.clip_samples), flags
+    n = wave.shape[-1]
+    if n < MIN_CLIP_FRACTION * fe.clip_samples:
+        raise AudioError(f"clip {ex.path or ex.id} is too short: {n / fe.sample_rate:.2f} s, "
+                         f"under {MIN_CLIP_FRACTION:.0%} of the task's "
+                         f"{fe.clip_seconds:g} s clips")
+    return fix_length(wave, fe.clip_samples), (*flags, int(n < fe.clip_samples))
 
 
 def _default_workers() -> int:
@@ -94,7 +102,7 @@ def _iter_loaded(examples: list[Example], fe: FrontendConfig, num_workers: int |
         try:
             return _load_one(ex, fe)
         except AudioError as exc:
-            return exc, (0, 0)
+            return exc, (0, 0, 0)
 
     workers = _default_workers() if num_workers is None else max(1, int(num_workers))
     bar = progress_bar(total=len(examples), desc=desc, leave=False, disable=len(examples) < 64)
@@ -172,6 +180,7 @@ def materialize(examples: list[Example], fe: FrontendConfig, *, on_bad_file: str
             continue
         report.resampled += flags[0]
         report.downmixed += flags[1]
+        report.padded += flags[2]
         waves.append(res)
         kept.append(examples[i])
     if not kept:
@@ -261,9 +270,10 @@ def _materialize_cached(examples, fe, on_bad_file, desc, report, cache_dir, name
         if fp in meta["bad"]:
             _handle_bad(AudioError(meta["bad"][fp]), ex, on_bad_file, report)
             continue
-        r, resampled, downmixed = meta["rows"][fp]
+        r, resampled, downmixed, padded = meta["rows"][fp]
         report.resampled += resampled
         report.downmixed += downmixed
+        report.padded += padded
         rows.append(r)
         kept.append(ex)
     if not kept:
@@ -298,7 +308,7 @@ def build_cache_entry(examples: list[Example], fe: FrontendConfig, base: str,
                 bad[fps[i]] = str(res)
                 continue
             full[n] = res
-            rows[fps[i]] = [n, flags[0], flags[1]]
+            rows[fps[i]] = [n, flags[0], flags[1], flags[2]]
             n += 1
         full.flush()
         if n == len(examples):

@@ -238,3 +238,36 @@ def test_bad_checkpoints_are_named_and_never_unpickled(tmp_path):
         assert str(path) in str(info.value) and needle in str(info.value)
         assert "weights_only=False" not in str(info.value)
     assert torch.equal(load_checkpoint(good)["w"], torch.ones(3))
+
+
+def test_truncated_and_too_short_files_are_bad_files_and_padding_is_counted(tmp_path):
+    """Issue 12: a WAV cut off mid-download (fewer frames than its header says) and a clip
+    under MIN_CLIP_FRACTION of the clip length follow --on-bad-file; padding is counted."""
+    import soundfile as sf
+
+    from audio_xai_bench.api import Example, FrontendConfig
+    from audio_xai_bench.audio import MIN_CLIP_FRACTION, wav_declared_frames
+    from audio_xai_bench.data import LoadReport, materialize
+
+    fe = FrontendConfig(sample_rate=16000, clip_seconds=1.0)
+    rng = np.random.default_rng(0)
+    full, trunc, short, near = (tmp_path / f"{n}.wav" for n in ("full", "trunc", "short", "near"))
+    sf.write(full, rng.standard_normal(16000).astype(np.float32) * 0.1, 16000, subtype="PCM_16")
+    trunc.write_bytes(full.read_bytes()[:20000])
+    sf.write(short, np.full(1600, 0.1, np.float32), 16000)  # 0.1 s of a 1 s clip
+    sf.write(near, np.full(int(16000 * 0.9), 0.1, np.float32), 16000)  # 0.9 s: padded
+    assert wav_declared_frames(str(full)) == 16000 and MIN_CLIP_FRACTION > 0.1
+    with pytest.raises(AudioError, match="truncated"):
+        load_audio(trunc, 16000)
+    exs = [Example(id=p.stem, target=np.eye(2, dtype=np.float32)[0], path=str(p))
+           for p in (full, trunc, short, near)]
+    with pytest.raises(AudioError, match="short.wav is too short"):
+        materialize([exs[0], exs[2]], fe, on_bad_file="fail")
+    for cache in (None, tmp_path / "cache"):
+        report = LoadReport()
+        split = materialize(exs, fe, on_bad_file="skip", report=report, cache_dir=cache,
+                            namespace="t")
+        assert split.ids == ["full", "near"]
+        d = report.as_dict()
+        assert d["n_skipped"] == 2 and d["padded"] == 1
+        assert {s["id"] for s in d["skipped"]} == {"trunc", "short"}
