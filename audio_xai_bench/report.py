@@ -8,7 +8,12 @@
   exact gradients up to n = 1000 rows, Barnes-Hut above.
 - ``history.png``: training curves of the method (``history.csv``) and of the classifier f
   (``classifier_history.csv``): every logged loss term and the validation score per epoch.
-- ``index.html``: the plots, the cell's metrics and audio players for ``interpretations/*.wav``.
+- ``<wav stem>.png``: the spectrogram of every listened WAV (one colour scale per pair).
+- ``index.html``: the plots, the cell's metrics, and per listened pair the input, the
+  interpretation and the components by relevance, each with its spectrogram and a player.
+
+``report --task T`` also writes ``<out>/<task>/report/index.html`` comparing the methods
+(:func:`report_task`).
 
 Matplotlib runs with the Agg backend (no display needed). A plot whose input is missing (e.g.
 no pairs for a method without the explain capability) is skipped.
@@ -25,8 +30,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-__all__ = ["report_cell", "report_cells", "plot_classwise", "plot_ff_vs_tau", "plot_tsne",
-           "plot_history"]
+__all__ = ["report_cell", "report_cells", "report_task", "plot_classwise", "plot_ff_vs_tau",
+           "plot_tsne", "plot_history", "spectrograms", "listened"]
 
 
 def _plt():
@@ -77,8 +82,9 @@ def plot_classwise(pairs: pd.DataFrame, path: Path, tau: float = 0.1, title: str
     ax.set_xticklabels([f"{c} (n={n})" for c, n in zip(classes, counts)], rotation=45,
                        ha="right", fontsize=8)
     ax.set_ylabel(f"median FF (τ = {tau:g})")
-    ax.set_title(title or f"class-wise faithfulness, τ = {tau:g}", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.set_title(title or f"class-wise faithfulness, τ = {tau:g}", fontsize=10, pad=22)
+    # above the axes, so that no bar is hidden behind the legend
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -99,16 +105,21 @@ def plot_ff_vs_tau(pairs: pd.DataFrame, path: Path, title: str = "") -> bool:
         ax.plot(taus, [float(pairs[c].median()) for c in rc], "s--", color="tab:gray",
                 label="random baseline")
     nc = [_col(pairs, "n_selected", t) for t in taus]
+    handles, labels = ax.get_legend_handles_labels()
     if all(c is not None for c in nc):
         ax2 = ax.twinx()
         ax2.plot(taus, [float(pairs[c].mean()) for c in nc], ":", color="tab:orange",
-                 label="mean |L|")
+                 label="mean |L| (right axis)")
         ax2.set_ylabel("mean |L|", color="tab:orange")
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
     ax.axhline(0, color="black", lw=0.6)
     ax.set_xlabel("relevance threshold τ")
     ax.set_ylabel("median FF")
-    ax.set_title(title or "faithfulness against τ", fontsize=10)
-    ax.legend(fontsize=8, loc="best")
+    ax.set_title(title or "faithfulness against τ", fontsize=10, pad=30)
+    # one legend for both axes, above the plot
+    ax.legend(handles, labels, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              ncol=3, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -218,9 +229,105 @@ def report_cell(cell: str | os.PathLike, tau: float = 0.1) -> Path:
             "classifier f": _read_csv(cell / "classifier_history.csv")}
     if plot_history(hist, out / "history.png"):
         made.append(("history.png", "Training curves"))
+    spectrograms(cell)
     html_path = out / "index.html"
     html_path.write_text(_html(label, cell, made, metrics, cfg))
     return html_path
+
+
+_WAV = re.compile(r"(?P<pair>\d+_.+)_(?P<key>input|interpretation|component(?P<k>\d+))$")
+
+
+def listened(cell: Path) -> dict[str, dict[str, Path]]:
+    """The cell's WAVs grouped by listened pair: {pair stem: {input, interpretation,
+    component<k>...: path}} (``results.write_cell`` names them ``<pair>_<key>.wav``)."""
+    groups: dict[str, dict[str, Path]] = {}
+    folder = cell / "interpretations"
+    for w in sorted(folder.glob("*.wav")) if folder.is_dir() else []:
+        m = _WAV.match(w.stem)
+        if m:
+            groups.setdefault(m.group("pair"), {})[m.group("key")] = w
+    return groups
+
+
+def _component_relevance(cell: Path, pair: str) -> dict[int, float]:
+    """r_k of the listened pair's components, from ``relevance.npy`` (rows aligned with
+    ``pairs.csv``; the listened pairs are the first rows with their id and class)."""
+    pairs = _read_csv(cell / "pairs.csv")
+    if pairs is None or not (cell / "relevance.npy").is_file():
+        return {}
+    rel = np.load(cell / "relevance.npy")
+    _, rest = pair.split("_", 1)
+    for j, (pid, cls) in enumerate(zip(pairs["id"].astype(str), pairs["class"].astype(str))):
+        if f"{pid}_{cls}".replace("/", "_") == rest and j < rel.shape[0]:
+            return {k: float(v) for k, v in enumerate(rel[j])}
+    return {}
+
+
+def spectrograms(cell: Path) -> list[Path]:
+    """A log-magnitude spectrogram PNG (``plots/<wav stem>.png``) for every listened WAV, all
+    of one pair on the same colour scale as its input."""
+    import soundfile as sf
+
+    plt = _plt()
+    made = []
+    for pair, files in listened(cell).items():
+        ref = None
+        for key in sorted(files, key=_listen_order):
+            wave, sr = sf.read(files[key], dtype="float32", always_2d=False)
+            n_fft = 1024 if sr >= 32000 else 512
+            if wave.size < n_fft:
+                wave = np.pad(wave, (0, n_fft - wave.size))
+            fig, ax = plt.subplots(figsize=(4.2, 2.4))
+            kw = {} if ref is None else {"vmin": ref[0], "vmax": ref[1]}
+            _, _, _, im = ax.specgram(wave + 1e-9, NFFT=n_fft, Fs=sr, noverlap=n_fft // 2,
+                                      scale="dB", cmap="magma", **kw)
+            if ref is None:
+                ref = im.get_clim()
+            ax.set_xlabel("time (s)", fontsize=8)
+            ax.set_ylabel("Hz", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.set_title(key, fontsize=9)
+            fig.tight_layout()
+            target = cell / "plots" / f"{files[key].stem}.png"
+            fig.savefig(target, dpi=80)
+            plt.close(fig)
+            made.append(target)
+    return made
+
+
+def _listen_order(key: str) -> tuple[int, str]:
+    return ({"input": 0, "interpretation": 1}.get(key, 2), key)
+
+
+def _listen_html(cell: Path) -> list[str]:
+    """Per listened pair: input, then interpretation, then the components by relevance, each
+    with its spectrogram and a player that loads its duration."""
+    e = html.escape
+    groups = listened(cell)
+    parts = ["<h2>Listen</h2>"]
+    if not groups:
+        return parts + ["<p>No interpretation written.</p>"]
+    for pair, files in groups.items():
+        rel = _component_relevance(cell, pair)
+        keys = sorted(files, key=_listen_order)
+        comps = sorted((k for k in keys if k.startswith("component")),
+                       key=lambda k: -rel.get(int(k[9:]), 0.0))
+        keys = [k for k in keys if not k.startswith("component")] + comps
+        parts.append(f"<h3>{e(pair)}</h3><div class='row'>")
+        for key in keys:
+            w = files[key]
+            caption = key
+            if key.startswith("component"):
+                r = rel.get(int(key[9:]))
+                caption = f"{key}" + (f" (relevance {r:.3f})" if r is not None else "")
+            elif key == "interpretation":
+                caption = "interpretation (components with r > τ)"
+            parts.append(f"<figure><img src='{e(w.stem)}.png' alt='spectrogram of {e(key)}'>"
+                         f"<figcaption>{e(caption)}<br><audio controls preload='metadata' "
+                         f"src='../interpretations/{e(w.name)}'></audio></figcaption></figure>")
+        parts.append("</div>")
+    return parts
 
 
 def _html(label: str, cell: Path, made: list[tuple[str, str]], metrics: dict, cfg: dict) -> str:
@@ -228,7 +335,8 @@ def _html(label: str, cell: Path, made: list[tuple[str, str]], metrics: dict, cf
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(label)}</title>",
              "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px}"
-             "td.v{text-align:right;font-family:monospace}img{max-width:100%}</style></head><body>",
+             "td.v{text-align:right;font-family:monospace}img{max-width:100%}"
+             ".row{display:flex;flex-wrap:wrap;gap:8px}.row figure{margin:0}</style></head><body>",
              f"<h1>{e(label)}</h1>",
              f"<p>cell <code>{e(str(cell))}</code>, config hash "
              f"<code>{e(str(cfg.get('config_hash', '')))}</code>, commit "
@@ -245,24 +353,143 @@ def _html(label: str, cell: Path, made: list[tuple[str, str]], metrics: dict, cf
         txt = f"{v:.4f}" if isinstance(v, float) else str(v)
         parts.append(f"<tr><td>{e(k)}</td><td class='v'>{e(txt)}</td></tr>")
     parts.append("</table>")
-    wavs = sorted((cell / "interpretations").glob("*.wav")) if (cell / "interpretations").is_dir() else []
-    parts.append("<h2>Listen</h2>")
-    if not wavs:
-        parts.append("<p>No interpretation written.</p>")
-    else:
-        parts.append("<table><tr><th>file</th><th>audio</th></tr>")
-        for w in wavs:
-            rel = f"../interpretations/{w.name}"
-            parts.append(f"<tr><td>{e(w.stem)}</td><td><audio controls preload='none' "
-                         f"src='{e(rel)}'></audio></td></tr>")
-        parts.append("</table>")
+    parts.extend(_listen_html(cell))
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
 def report_cells(out: str | os.PathLike, task: str, method: str | None = None,
                  tau: float = 0.1) -> list[Path]:
-    """:func:`report_cell` for every finished cell of a task (and method)."""
+    """:func:`report_cell` for every finished cell of a task (and method), then the
+    task-level page :func:`report_task` (last in the returned list)."""
     from .results import find_cells
 
-    return [report_cell(p, tau) for p in find_cells(out, task, method)]
+    cells = find_cells(out, task, method)
+    pages = [report_cell(p, tau) for p in cells]
+    if cells:
+        pages.append(report_task(out, task, method))
+    return pages
+
+
+_CURVE = re.compile(r"faithfulness/(deletion|insertion)@([0-9.]+)(_randorder)?$")
+
+
+def plot_methods_ff_vs_tau(pairs_by_method: dict[str, pd.DataFrame], path: Path) -> bool:
+    """Median FF against τ of every method on one plot (pairs pooled over its cells)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    drawn = 0
+    for name, pairs in sorted(pairs_by_method.items()):
+        taus = _taus(pairs)
+        if not taus:
+            continue
+        ax.plot(taus, [float(pairs[_col(pairs, "ff", t)].median()) for t in taus], "o-",
+                label=name, lw=1.2, ms=3)
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xlabel("relevance threshold τ")
+    ax.set_ylabel("median FF (paper eq. 7)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_methods_curves(metrics_by_method: dict[str, list[dict]], path: Path) -> bool:
+    """Deletion (left) and insertion (right) curves of every method at the mass budgets,
+    mean over its cells; the same units in random order dashed in the same colour."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.8), sharey=True)
+    drawn = 0
+    colors = plt.get_cmap("tab20").colors
+    for i, (name, cells) in enumerate(sorted(metrics_by_method.items())):
+        curves: dict[tuple[str, bool], dict[float, list[float]]] = {}
+        for m in cells:
+            for key, v in m.items():
+                hit = _CURVE.match(key)
+                if hit and v is not None and np.isfinite(v):
+                    c = curves.setdefault((hit.group(1), bool(hit.group(3))), {})
+                    c.setdefault(float(hit.group(2)), []).append(float(v))
+        for (kind, randorder), pts in curves.items():
+            ax = axes[0 if kind == "deletion" else 1]
+            b = sorted(pts)
+            ax.plot(b, [np.mean(pts[x]) for x in b], "--" if randorder else "o-",
+                    color=colors[i % len(colors)], lw=1.0 if randorder else 1.4, ms=3,
+                    label=None if randorder else name)
+            drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return False
+    for ax, kind in zip(axes, ("deletion (most relevant removed first)",
+                               "insertion (most relevant kept first)")):
+        ax.set_title(kind, fontsize=9)
+        ax.set_xlabel("budget: share of the input's log1p mass")
+    axes[0].set_ylabel("f's class probability")
+    by_label: dict[str, object] = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            by_label.setdefault(lab, h)
+    axes[1].legend(list(by_label.values()), list(by_label), fontsize=7, loc="center left",
+                   bbox_to_anchor=(1.0, 0.5), frameon=False,
+                   title="solid: method\ndashed: random order")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def report_task(out: str | os.PathLike, task: str, method: str | None = None) -> Path:
+    """The task-level page ``<out>/<task>/report/index.html`` comparing methods: the
+    leaderboard summary (mean ± std over cells, ranks), every method's FF against τ and its
+    deletion / insertion curves on one plot each, and links to each cell's page."""
+    from .leaderboard import collect, format_summary, summary
+    from .results import find_cells
+
+    e = html.escape
+    target = Path(out) / task / "report"
+    target.mkdir(parents=True, exist_ok=True)
+    cells = find_cells(out, task, method)
+    pairs_by: dict[str, list[pd.DataFrame]] = {}
+    metrics_by: dict[str, list[dict]] = {}
+    for c in cells:
+        name = json.loads((c / "config.json").read_text()).get("method", c.parent.name)
+        metrics_by.setdefault(name, []).append(json.loads((c / "metrics.json").read_text()))
+        pairs = _read_csv(c / "pairs.csv")
+        if pairs is not None and len(pairs):
+            pairs_by.setdefault(name, []).append(pairs)
+    made = []
+    pooled = {k: pd.concat(v, ignore_index=True) for k, v in pairs_by.items()}
+    if plot_methods_ff_vs_tau(pooled, target / "ff_vs_tau.png"):
+        made.append(("ff_vs_tau.png", "Median FF against τ, every method (paper eq. 7)"))
+    if plot_methods_curves(metrics_by, target / "curves.png"):
+        made.append(("curves.png", "Deletion and insertion curves at equal mass budgets"))
+    long_df = collect(out, task)
+    if method:
+        long_df = long_df[long_df["method"] == method]
+    table = format_summary(summary(long_df)) if len(long_df) else pd.DataFrame()
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(task)}: methods"
+             "</title><style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:"
+             "collapse}td,th{border:1px solid #ccc;padding:2px 6px;font-size:12px}"
+             "img{max-width:100%}</style></head><body>",
+             f"<h1>{e(task)}: {len(metrics_by)} method(s), {len(cells)} cell(s)</h1>",
+             "<h2>Summary (mean ± std over cells, #rank)</h2>",
+             table.to_html(index=False, escape=True) if len(table) else "<p>No metric.</p>",
+             "<h2>Plots</h2>"]
+    for name, caption in made:
+        parts.append(f"<figure><img src='{e(name)}' alt='{e(caption)}'>"
+                     f"<figcaption>{e(caption)}</figcaption></figure>")
+    parts.append("<h2>Cells</h2><ul>")
+    for c in cells:
+        page = c / "plots" / "index.html"
+        rel = os.path.relpath(page, target)
+        link = f"<a href='{e(rel)}'>{e(c.parent.name)}/{e(c.name)}</a>" if page.is_file() \
+            else f"{e(c.parent.name)}/{e(c.name)} (no page: run report on it)"
+        parts.append(f"<li>{link}</li>")
+    parts.append("</ul></body></html>")
+    page = target / "index.html"
+    page.write_text("\n".join(parts))
+    return page

@@ -337,12 +337,96 @@ def test_report_writes_plots_and_html(tmp_path):
     hist.to_csv(cell / "classifier_history.csv", index=False)
     page = report_cell(cell)
     names = {p.name for p in (cell / "plots").glob("*.png")}
-    assert names == {"classwise_ff.png", "ff_vs_tau.png", "tsne_relevance.png", "history.png"}
-    assert all((cell / "plots" / n).stat().st_size > 5000 for n in names)
+    plots = {"classwise_ff.png", "ff_vs_tau.png", "tsne_relevance.png", "history.png"}
+    assert names == plots | {"00_clip000_tone_input.png", "00_clip000_tone_interpretation.png"}
+    assert all((cell / "plots" / n).stat().st_size > 5000 for n in plots)
     text = page.read_text()
     assert all(n in text for n in names)
     assert text.count("<audio") == 2 and "../interpretations/" in text
+    assert "preload='metadata'" in text  # players show their duration
+    assert text.index("tone_input.wav") < text.index("tone_interpretation.wav")
     assert "faithfulness/ff_median@0.1" in text
+    check_html(page)
+
+
+def check_html(page):
+    """Every file an HTML page references exists next to it and decodes (PNG, WAV, HTML)."""
+    from html.parser import HTMLParser
+
+    import soundfile as sf
+    from matplotlib.image import imread
+
+    refs = []
+
+    class P(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            refs.extend(v for k, v in attrs if k in ("src", "href") and v)
+
+    P().feed(page.read_text())
+    assert refs
+    for ref in refs:
+        path = (page.parent / ref).resolve()
+        assert path.is_file(), ref
+        if path.suffix == ".png":
+            assert imread(path).shape[0] > 10
+        elif path.suffix == ".wav":
+            assert sf.read(path)[0].size > 0
+        elif path.suffix == ".html":
+            assert "<html>" in path.read_text()
+    return refs
+
+
+def test_report_orders_components_by_relevance_and_writes_the_task_page(tmp_path):
+    from audio_xai_bench.report import report_cells
+
+    rng = np.random.default_rng(0)
+    wave = (0.1 * np.sin(np.arange(4000) / 5.0)).astype(np.float32)
+    rel = rng.random((12, 6))
+    rel[0] = [0.1, 0.9, 0.2, 0.5, 0.0, 0.3]
+    for m, shift in (("alpha", 0.3), ("beta", 0.0)):
+        for seed in (0, 1):
+            pairs = ff_pairs(rng, rng.normal(shift, 0.1, 12), 0.0, 0.05)
+            metrics = {"faithfulness/ff_median@0.1": shift,
+                       **{f"faithfulness/deletion@{b}": 0.9 - b - shift for b in (0.1, 0.3, 0.5)},
+                       **{f"faithfulness/deletion@{b}_randorder": 0.9 - b / 2 for b in (0.1, 0.3, 0.5)}}
+            make_cell(tmp_path, m, seed, metrics, pairs=pairs, relevance=rel,
+                      listen=[{"id": pairs["id"][0], "class": pairs["class"][0], "input": wave,
+                               "interpretation": wave * 0.5, "component3": wave * 0.2,
+                               "component1": wave * 0.1}])
+    pages = report_cells(tmp_path, "toy")
+    assert len(pages) == 5 and pages[-1].name == "index.html"
+    cell_text = pages[0].read_text()
+    # input, interpretation, then components by relevance: r_1 = 0.9 before r_3 = 0.5
+    order = [cell_text.index(k) for k in ("_input.wav", "_interpretation.wav",
+                                          "_component1.wav", "_component3.wav")]
+    assert order == sorted(order) and "relevance 0.900" in cell_text
+    check_html(pages[0])
+    task_page = pages[-1]
+    text = task_page.read_text()
+    assert "ff_vs_tau.png" in text and "curves.png" in text and "alpha" in text and "beta" in text
+    refs = check_html(task_page)
+    assert sum(r.endswith("index.html") for r in refs) == 4
+
+
+@pytest.mark.skipif(not any(__import__("shutil").which(b) for b in ("chromium", "chromium-browser")),
+                    reason="Chromium is not installed (Debian: apt-get install chromium)")
+def test_report_page_loads_in_headless_chromium(tmp_path):
+    import shutil
+    import subprocess
+
+    from audio_xai_bench.report import report_cell
+
+    rng = np.random.default_rng(0)
+    pairs = ff_pairs(rng, rng.normal(0.2, 0.1, 12), 0.0, 0.05)
+    wave = (0.1 * np.sin(np.arange(4000) / 5.0)).astype(np.float32)
+    cell = make_cell(tmp_path, "alpha", 0, {"x": 1.0}, pairs=pairs, relevance=rng.random((12, 6)),
+                     listen=[{"id": "c", "class": "t", "input": wave, "interpretation": wave}])
+    page = report_cell(cell)
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    proc = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                           page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "<audio" in proc.stdout and "alpha on" in proc.stdout
 
 
 # ---------------------------------------------------------------------------------------------
