@@ -70,7 +70,7 @@ FRACTION = Rule(ge=0, lt=1)
 #: The shared vocabulary. Numeric settings not named here must be finite and >= 0.
 COMMON_RULES: dict[str, Rule] = {
     # training
-    "epochs": Rule(ge=1, doc="training epochs"),
+    "epochs": Rule(ge=0, doc="training epochs (0: the model stays at its initialisation)"),
     "batch_size": POSITIVE_INT,
     "lr": Rule(gt=0, doc="Adam learning rate"),
     "dropout": FRACTION,
@@ -91,7 +91,7 @@ COMMON_RULES: dict[str, Rule] = {
     "fid_schedule": Rule(choices=("code", "constant"),
                          doc="fidelity weight 0.5 then 1.0 (authors' code) or constant"),
     "fid_switch_epoch": NON_NEGATIVE,
-    "representation": Rule(choices=("log1p", "mel")),
+    "representation": Rule(choices=("log1p", "sqrt_mel")),
     "attr_pool": Rule(choices=("max", "avg3_fc")),
     # region methods
     "output": Rule(choices=("logit", "prob"), doc="score explained: logit or probability"),
