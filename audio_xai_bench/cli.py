@@ -164,7 +164,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     task = TASKS.get(args.task)(data_root=args.data_root, profile=args.profile,
                                 **_parse_task_options(args.task_option))
-    cache = args.cache_dir or os.path.join("runs", ".cache")  # where `run` looks by default
+    cache = args.cache_dir or os.path.join(args.out, ".cache")  # where `run --out` looks
     summary: dict[str, Any] = prepare(task, on_bad_file=args.on_bad_file, cache_dir=cache)
     import json
 
@@ -288,7 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prepare", help="check a dataset's layout and build its cache")
     pr.add_argument("--task", required=True)
     pr.add_argument("--data-root", required=True)
-    pr.add_argument("--cache-dir", default=None, help="default: runs/.cache, where run looks")
+    pr.add_argument("--out", default="runs",
+                    help="results root of the runs that will use the cache (default: runs)")
+    pr.add_argument("--cache-dir", default=None,
+                    help="default: OUT/.cache, where `run --out OUT` looks")
     pr.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE")
     pr.add_argument("--profile", default="default", choices=["default", "small"])
     pr.add_argument("--on-bad-file", default="fail", choices=["fail", "skip"])

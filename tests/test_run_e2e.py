@@ -127,6 +127,10 @@ def test_prepare_command_checks_layout_and_summarises(tmp_path, capsys):
     assert "train" in out and "test" in out
     assert main(["prepare", "--task", "esc50", "--data-root", str(tmp_path / "none")]) == 2
     assert "Getting the data" in capsys.readouterr().err
+    # without --cache-dir the cache goes where `run --out OUT` looks for it
+    assert main(["prepare", "--task", "esc50", "--data-root", root, "--out",
+                 str(tmp_path / "myruns")]) == 0
+    assert any((tmp_path / "myruns" / ".cache").rglob("wave.npy"))
 
 
 def test_task_options_are_typed_and_recorded(tmp_path):
