@@ -120,7 +120,10 @@ class Task:
     kind: ClassVar[TaskKind] = "multiclass"
     classes: list[str]
     frontend: FrontendConfig
-    official_metric: ClassVar[str] = "accuracy/top1"
+    official_metric: ClassVar[str] = "accuracy_top1"
+    # the metric stem whose value is published as ``official/<official_metric>`` when the
+    # task's official evaluation is a variant (SONYC-UST: "macro_auprc_dcase"); None = the same
+    official_source: ClassVar[str | None] = None
     # per-task defaults that methods may read (e.g. paper Table II values), keyed by method
     method_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     # layers of f fine-tuned from --classifier-weights: 'all' or 'head' (paper IV-B1: ESC-50

@@ -36,7 +36,10 @@ TAUS: tuple[float, ...] = (0.9, 0.7, 0.5, 0.3, 0.1)
 @dataclass
 class EvalConfig:
     taus: tuple[float, ...] = TAUS
-    threshold: float = 0.5          # f's outputs -> multilabel "ground truth" for fidelity / FF
+    # multilabel binarisation of f's (or a by-design model's) outputs: fidelity "ground truth",
+    # FF pairs, F1 predictions. A float (one threshold for every class), 'per_class' (F1-optimal
+    # per class fitted on the TRAINING split, ``fid.fit_class_thresholds``) or one per class
+    threshold: float | str | tuple[float, ...] = 0.5
     baseline_count: str = "mean"    # 'mean' (paper), 'per_sample', or an integer (code)
     baseline_pool: str = "outside"  # 'outside' L (paper) or 'all' components (code)
     listen: int = 4                 # test pairs written as WAV interpretations
@@ -59,11 +62,12 @@ class EvalResult:
 
 
 def _label_metrics(prefix: str, probs: np.ndarray, target: np.ndarray, mask: np.ndarray,
-                   kind: str, threshold: float, variants: tuple[str, ...] = ()
+                   kind: str, threshold: float | np.ndarray, variants: tuple[str, ...] = ()
                    ) -> dict[str, float]:
     """Classification metrics of probabilities against labels (task's official ones). A task
     whose official evaluation computes AUPRC its own way declares it in ``metric_variants``
-    (``"auprc_dcase"``: the DCASE 2020 task 5 evaluation code) and gets it under its own name."""
+    (``"auprc_dcase"``: the DCASE 2020 task 5 evaluation code) and gets it under its own name.
+    ``threshold`` (scalar or one per class) binarises the predictions of the F1."""
     out: dict[str, float] = {}
     if kind == "multiclass":
         truth = torch.from_numpy(target.argmax(1))
@@ -82,6 +86,20 @@ def _label_metrics(prefix: str, probs: np.ndarray, target: np.ndarray, mask: np.
     return out
 
 
+def official_metrics(task, metrics: dict[str, float]) -> dict[str, float]:
+    """``official/<task.official_metric>`` for the model that predicts the labels.
+
+    Only a method's own predictor (``classification/*``: by-design models, and post-hoc
+    interpreters used as predictors) gets an ``official/`` value; f's score stays under
+    ``classifier/`` alone, so post-hoc rows never show f's number as if it were theirs and
+    f's official value appears once per cell, at the classifier level. A task whose official
+    evaluation computes a variant declares it in ``official_source`` (SONYC-UST:
+    ``macro_auprc_dcase``, the DCASE 2020 evaluation code's AUPRC)."""
+    source = getattr(task, "official_source", None) or task.official_metric
+    key = f"classification/{source}"
+    return {f"official/{task.official_metric}": metrics[key]} if key in metrics else {}
+
+
 class Scorer:
     """Evaluates one fitted explainer against one classifier on one split."""
 
@@ -93,6 +111,7 @@ class Scorer:
         self.loader = BatchLoader(data.test, data.frontend, self.cfg.batch_size,
                                   device=data.device, with_phase=True)
         self.caps = set(explainer.capabilities)
+        self._thr: dict[str, np.ndarray] | None = None
 
     # -- helpers --------------------------------------------------------------------------
     @property
@@ -109,12 +128,60 @@ class Scorer:
         return self._f_probs(batch.logmel)
 
     def _pairs(self, f_prob: Tensor) -> tuple[Tensor, Tensor]:
-        """(row, class) pairs explained: argmax for multiclass, every class above the
+        """(row, class) pairs explained: argmax for multiclass, every class above its
         threshold for multilabel (authors' SONYC code)."""
         if self.kind == "multiclass":
             return torch.arange(f_prob.shape[0], device=f_prob.device), f_prob.argmax(1)
-        rows, classes = torch.nonzero(f_prob > self.cfg.threshold, as_tuple=True)
+        key = "g" if self.explains_own_model else "f"
+        thr = torch.as_tensor(self.thresholds()[key], dtype=f_prob.dtype, device=f_prob.device)
+        rows, classes = torch.nonzero(f_prob > thr, as_tuple=True)
         return rows, classes
+
+    # -- multilabel decision thresholds -----------------------------------------------------
+    def thresholds(self) -> dict[str, np.ndarray]:
+        """``eval.threshold`` resolved to one threshold per class (C,), once: ``"f"`` binarises
+        f's outputs (fidelity ground truth, post-hoc FF pairs, f's F1), ``"g"`` those of the
+        method's own predictor (by-design FF pairs, ``classification/*`` F1; equal to f's
+        unless ``per_class``). ``per_class``: F1-optimal thresholds of each model fitted on the
+        **training** split against its labels (``fid.fit_class_thresholds``, the authors'
+        ``compute_multilabel_threshold``); the test split is never used to choose them."""
+        if self._thr is not None:
+            return self._thr
+        task, t = self.data.task, self.cfg.threshold
+        C = task.num_classes
+        if isinstance(t, str) and t == "per_class":
+            thr = self._fit_thresholds_on_train()
+        elif isinstance(t, (tuple, list)):
+            if len(t) != C:
+                raise ValueError(f"eval.threshold lists {len(t)} values but task {task.name!r} "
+                                 f"has {C} classes ({', '.join(task.classes)})")
+            vec = np.asarray(t, dtype=np.float64)
+            thr = {"f": vec, "g": vec}
+        elif isinstance(t, (int, float)) and not isinstance(t, bool):
+            vec = np.full(C, float(t))
+            thr = {"f": vec, "g": vec}
+        else:
+            raise ValueError(f"eval.threshold must be a float, 'per_class' or one float per "
+                             f"class, not {t!r}")
+        self._thr = thr
+        return thr
+
+    @torch.inference_mode()
+    def _fit_thresholds_on_train(self) -> dict[str, np.ndarray]:
+        """F1-optimal per-class thresholds of f (and of g when the method predicts) on the
+        outputs for the training split (one pass over it, features per batch)."""
+        split = self.data.train
+        loader = BatchLoader(split, self.data.frontend, self.cfg.batch_size,
+                             device=self.data.device, cache_bytes=0)
+        fp, gp = [], []
+        for batch in loader:
+            fp.append(self._f_probs(batch.logmel).float().cpu())
+            if "predict" in self.caps:
+                gp.append(self.ex.predict(batch).float().cpu())
+        y, mask = split.target.numpy() > 0.5, split.mask.numpy()
+        f_thr = fid.fit_class_thresholds(y, torch.cat(fp).numpy(), mask)
+        g_thr = fid.fit_class_thresholds(y, torch.cat(gp).numpy(), mask) if gp else f_thr
+        return {"f": f_thr, "g": g_thr}
 
     @staticmethod
     def _subset(batch: Batch, rows: Tensor) -> Batch:
@@ -300,38 +367,44 @@ class Scorer:
         split = self.data.test
         target, mask = split.target.numpy(), split.mask.numpy()
         m: dict[str, float] = {"n_test": float(len(split))}
-        m.update(_label_metrics("classifier", f_probs, target, mask, self.kind, cfg.threshold,
+        multilabel = self.kind != "multiclass"
+        thr = self.thresholds() if multilabel else {"f": 0.5, "g": 0.5}
+        exclude = [task.classes.index(c) for c in task.classwise_exclude if c in task.classes]
+        m.update(_label_metrics("classifier", f_probs, target, mask, self.kind, thr["f"],
                                  task.metric_variants))
         if s_all:
             s = torch.cat(s_all).numpy()
-            if self.kind == "multiclass":
+            if not multilabel:
                 ref = torch.from_numpy(f_probs.argmax(1))
                 m["fidelity/top1"] = fid.topk_accuracy(torch.from_numpy(s), ref, 1)
                 m["fidelity/top5"] = fid.topk_accuracy(torch.from_numpy(s), ref,
                                                        min(5, s.shape[1]))
             else:
-                y = f_probs > cfg.threshold
-                ap = fid.average_precision_macro_micro(y, s, None)
+                # the task's excluded classes (SONYC: non-machinery-impact, as the paper) are
+                # left out of multilabel fidelity; the thresholds are f's, one per class
+                keep = np.setdiff1d(np.arange(task.num_classes), exclude)
+                y = (f_probs > thr["f"])[:, keep]
+                sk = s[:, keep]
+                ap = fid.average_precision_macro_micro(y, sk, None)
                 m["fidelity/macro_auprc"], m["fidelity/micro_auprc"] = ap["macro"], ap["micro"]
-                p11 = fid.auprc_11pt(y, s)
+                p11 = fid.auprc_11pt(y, sk)
                 m["fidelity/macro_auprc_11pt"] = p11["macro"]
                 m["fidelity/micro_auprc_11pt"] = p11["micro"]
-                m["fidelity/max_f1"] = fid.max_f1(y, s)
-                m["fidelity/weighted_f1"] = fid.weighted_f1_openmic(y, s >= cfg.threshold,
-                                                                    None)["mean"]
+                m["fidelity/max_f1"] = p11["max_f1"]
+                m["fidelity/weighted_f1"] = fid.weighted_f1_openmic(
+                    y, sk >= thr["f"][keep], None)["mean"]
         if g_all:
             g = torch.cat(g_all).numpy()
             m.update(_label_metrics("classification", g, target, mask, self.kind,
-                                     cfg.threshold, task.metric_variants))
-        official = task.official_metric
-        for prefix in ("classification", "classifier"):
-            key = next((k for k in m if k.startswith(prefix + "/") and k.endswith(official)), None)
-            if key:
-                m[f"official/{official}"] = m[key]
-                break
+                                     thr["g"], task.metric_variants))
+        m.update(official_metrics(task, m))
+        if multilabel:  # the decision thresholds used (per class), for the record
+            for c, name in enumerate(task.classes):
+                m[f"threshold/f/{name}"] = float(thr["f"][c])
+                if g_all:
+                    m[f"threshold/g/{name}"] = float(thr["g"][c])
         if len(pairs):
             m["faithfulness/n_pairs"] = float(len(pairs))
-            exclude = [task.classes.index(c) for c in task.classwise_exclude if c in task.classes]
             for tau in cfg.taus:
                 ff = pairs[f"ff@{tau}"].to_numpy()
                 rnd = pairs[f"random_ff@{tau}"].to_numpy()
@@ -385,7 +458,8 @@ class Scorer:
                 df["correct"] = (g.argmax(1) == target.argmax(1)).astype(int)
         else:
             df["labels"] = [";".join(names[t > 0.5]) for t in target]
-            df["f_pred"] = [";".join(names[p > self.cfg.threshold]) for p in f_probs]
+            f_thr = self.thresholds()["f"]
+            df["f_pred"] = [";".join(names[p > f_thr]) for p in f_probs]
             mask = split.mask.numpy()
             for c, n in enumerate(names):
                 df[f"f_prob/{n}"] = f_probs[:, c]

@@ -23,9 +23,10 @@ One fold, ``"0"``: train = split ``train``, valid = ``validate``, test = ``test`
 The paper drops 'non-machinery-impact' from class-wise fidelity and faithfulness
 (``classwise_exclude``); option ``exclude_nmi=False`` keeps it.
 
-``official_metric = "macro_auprc"`` (DCASE 2020 ranked on coarse macro-AUPRC; the engine's
-metric code decides whether this is the DCASE evaluator's trapezoid variant or scikit-learn's
-average precision and reports both, see DESIGN "Protocol decisions").
+``official_metric = "macro_auprc"`` (DCASE 2020 ranked on coarse macro-AUPRC) with
+``official_source = "macro_auprc_dcase"``: ``official/macro_auprc`` is the DCASE 2020
+evaluation code's trapezoid AUPRC (``fidelity.auprc_dcase``), not scikit-learn's average
+precision, which stays under ``classification/macro_auprc`` beside it.
 
 Dictionary recipe (paper IV-B3): ``dict_noise_atoms`` (10) atoms learnt on up to
 ``dict_noise_clips`` (1000; "NS1000" in the authors' shipped dictionary's file name, an
@@ -119,6 +120,7 @@ class SonycUSTTask(Task):
                                              "dict_clips_per_class": Rule(ge=1)}
     kind: ClassVar[str] = "multilabel"  # type: ignore[assignment]
     official_metric: ClassVar[str] = "macro_auprc"
+    official_source: ClassVar[str | None] = "macro_auprc_dcase"
     method_defaults: ClassVar[dict[str, dict[str, Any]]] = METHOD_DEFAULTS
     classwise_exclude: ClassVar[tuple[str, ...]] = ("non-machinery-impact",)
 

@@ -278,3 +278,46 @@ def test_weighted_f1_matches_sklearn_per_class_with_mask():
     assert np.isnan(res["per_class"][6])
     assert res["mean"] == pytest.approx(np.mean(res["per_class"][:6]))
     assert res["per_class"][4] == pytest.approx(1.0)
+
+
+def test_auprc_11pt_compares_in_the_scores_dtype():
+    # y = [1, 0, 1, 0], s = [.5, .3, float32(.1), .07] (float32, like the authors' sigmoid).
+    # float32: 0.1f > 0.1f is False, so at t = .1 only clip 0 is predicted among positives:
+    #   t .95-.5: (R 0, P 1); .4, .3: (.5, 1); .2, .1: (.5, .5); .05: (1, .5); ends (0,1),(1,0)
+    #   area = .5 * 1 + .5 * .5 = .75, max F1 = 2/3
+    # float64 thresholds (the old behaviour): float32(.1) = .10000000149 > .1, so at t = .1
+    #   (1, 2/3): area = .5 + .5 * (.5 + 2/3) / 2 = .791667, max F1 = .8
+    y = np.array([[1], [0], [1], [0]], bool)
+    s32 = np.array([[0.5], [0.3], [0.1], [0.07]], np.float32)
+    r32 = F.auprc_11pt(y, s32)
+    assert r32["macro"] == pytest.approx(0.75, abs=1e-8)
+    assert r32["micro"] == pytest.approx(0.75, abs=1e-8)
+    assert r32["max_f1"] == pytest.approx(2 / 3, abs=1e-8)
+    r64 = F.auprc_11pt(y, s32.astype(np.float64))  # the same numbers widened first
+    assert r64["macro"] == pytest.approx(0.5 + 0.5 * (0.5 + 2 / 3) / 2, abs=1e-8)
+    assert r64["max_f1"] == pytest.approx(0.8, abs=1e-8)
+    assert F.auprc_11pt(y, torch.from_numpy(s32))["macro"] == pytest.approx(0.75, abs=1e-8)
+    assert F.max_f1(y, s32) == pytest.approx(2 / 3, abs=1e-8)
+
+
+def test_fit_class_thresholds_hand_and_sklearn():
+    # class 0: positives .9, .7; negatives .75, .2. F1 of `score > t`:
+    #   .95, .9: 0; .8: 2/3; .7: 1/2 (0.7 > 0.7 is False); .6 ... .2: 4/5; .1, .05: 2/3
+    #   -> best .6 (the first, i.e. highest, of the tied .6 ... .2)
+    # class 1: no positive -> fallback .5
+    y = np.array([[1, 0], [1, 0], [0, 0], [0, 0]], bool)
+    s = np.array([[0.9, 0.1], [0.7, 0.9], [0.75, 0.3], [0.2, 0.2]])
+    thr = F.fit_class_thresholds(y, s)
+    assert thr.tolist() == [0.6, 0.5]
+    rng = np.random.default_rng(0)
+    y = rng.random((200, 3)) < 0.3
+    s = np.clip(y * 0.3 + rng.random((200, 3)) * 0.7, 0, 1)
+    thr = F.fit_class_thresholds(y, s)
+    for c in range(3):
+        f1 = [f1_score(y[:, c], s[:, c] > t) for t in F.L2I_THRESHOLDS]
+        assert f1_score(y[:, c], s[:, c] > thr[c]) == pytest.approx(max(f1))
+        assert thr[c] == F.L2I_THRESHOLDS[int(np.argmax(f1))]
+    mask = np.ones_like(y)
+    mask[:50] = False  # unannotated rows count in no F1
+    np.testing.assert_array_equal(F.fit_class_thresholds(y, s, mask),
+                                  F.fit_class_thresholds(y[50:], s[50:]))

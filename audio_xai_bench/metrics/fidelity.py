@@ -25,6 +25,7 @@ __all__ = [
     "auprc_dcase",
     "max_f1",
     "weighted_f1_openmic",
+    "fit_class_thresholds",
     "METRIC_INFO",
 ]
 
@@ -192,13 +193,21 @@ def auprc_11pt(y_true: Any, scores: Any, mask: Any | None = None,
 
     ``mask`` (N, C) bool drops unannotated entries from the counts (not in the code; SONYC has no
     mask). Returns dict(macro, micro, max_f1, per_class, skipped, thresholds).
+
+    Scores are compared with the thresholds **in the scores' own floating dtype** (the authors
+    compare float32 sigmoid outputs with a float32 threshold tensor), so a float32 score equal
+    to ``float32(0.1)`` is *not* above the threshold 0.1; in float64 it would be (0.1 rounds up
+    in float32). Non-float scores (ints, bools) are compared in float64.
     """
     y = _np(y_true).astype(bool)
-    s = _np(scores, np.float64)
+    s = _np(scores)
+    if not np.issubdtype(s.dtype, np.floating):
+        s = s.astype(np.float64)
     m = None if mask is None else _np(mask).astype(bool)
     _check_2d(y, s, m)
     t = np.asarray(thresholds, dtype=np.float64)
-    tp, fp, fn = _counts_strict(y, s, m, t)
+    t_cmp = t.astype(s.dtype)  # comparison in the scores' dtype; reported values stay float64
+    tp, fp, fn = _counts_strict(y, s, m, t_cmp)
     ones, zeros = np.ones((1,)), np.zeros((1,))
     with np.errstate(invalid="ignore", divide="ignore"):
         mac_p = (tp + 1e-9) / (tp + fp + 1e-9)
@@ -238,6 +247,39 @@ def max_f1(y_true: Any, scores: Any, mask: Any | None = None,
     ``thresholds`` sequence for a finer grid. ``mask`` drops unannotated entries.
     """
     return auprc_11pt(y_true, scores, mask=mask, thresholds=thresholds)["max_f1"]
+
+
+def fit_class_thresholds(y_true: Any, scores: Any, mask: Any | None = None,
+                         grid: Sequence[float] = L2I_THRESHOLDS,
+                         fallback: float = 0.5) -> np.ndarray:
+    """Per-class F1-maximising decision thresholds (the authors' ``compute_multilabel_threshold``,
+    reference/l2i_protocol_facts.md sec. 9: class-specific thresholds chosen on the **training**
+    loader against the true labels, from the grid {0.95, 0.9, ..., 0.1, 0.05}).
+
+    For each class c and each t of ``grid``, predict ``score > t`` (strict, the rule of
+    :func:`auprc_11pt`, compared in the scores' dtype) and take the t with the largest F1 =
+    2TP / (2TP + FP + FN) over the annotated rows (``mask``). Ties go to the first t in
+    ``grid`` order (the highest threshold for the default descending grid). A class with no
+    positive in ``y_true`` has F1 = 0 everywhere and gets ``fallback``. The caller must pass
+    training-split outputs: fitting on the split that is then scored would be selection on test.
+
+    Args: y_true (N, C) labels; scores (N, C) probabilities. Returns a (C,) float64 array.
+    """
+    y = _np(y_true).astype(bool)
+    s = _np(scores)
+    if not np.issubdtype(s.dtype, np.floating):
+        s = s.astype(np.float64)
+    m = None if mask is None else _np(mask).astype(bool)
+    _check_2d(y, s, m)
+    t = np.asarray(grid, dtype=np.float64)
+    if t.ndim != 1 or t.size == 0:
+        raise ValueError(f"grid must be a non-empty sequence of thresholds, got {grid!r}")
+    tp, fp, fn = _counts_strict(y, s, m, t.astype(s.dtype))  # (T, C)
+    denom = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    best = t[np.argmax(f1, axis=0)]  # argmax returns the first maximum
+    has_pos = (tp + fn)[0] > 0
+    return np.where(has_pos, best, float(fallback))
 
 
 # ---------------------------------------------------------------------------------------------
