@@ -8,9 +8,11 @@ pair of methods and every metric asked for, runs the test that fits the data
 metric                                                 test
 =====================================================  ==========================================
 ``faithfulness/ff_median@τ`` / ``ff_mean@τ``            Wilcoxon signed-rank on per-pair ``ff@τ``
+                                                       within each cell, Stouffer across cells
 ``faithfulness/random_ff_*@τ``                          same on ``random_ff@τ``
 ``groundtruth/si_sdri_median@τ``, ``energy_precision_``  same on ``si_sdri@τ`` / ``energy_precision@τ``
 ``fidelity/top1|top5``                                  McNemar on per-clip ``fid_top1|fid_top5``
+                                                       (per cell, Stouffer across cells)
 ``classification/accuracy_top1``, ``official/`` (mc)    McNemar on per-clip ``correct``
 ``classifier/accuracy_top1``                            McNemar on per-clip ``f_correct``
 multilabel ``fidelity/*``, ``classification/*`` AUPRC   paired bootstrap over clips from
@@ -34,6 +36,19 @@ set-level metric on the pooled clips (bootstrap) or the mean over cells (t-tests
 ``winner``: 'a' or 'b' when ``p_holm < alpha`` (0.05), the better one given
 ``higher_is_better`` (direction of the effect for Wilcoxon / McNemar, of ``mean_diff``
 otherwise); '' when not significant or the metric has no direction.
+
+Several cells (seeds, folds): per-pair and per-clip tests are never pooled across cells.
+Each (fold, seed) cell is tested on its own (the same clips; for post-hoc methods the same
+f) and the cells' signed z-scores are combined with Stouffer's method, every cell weighing
+the same (``stats.stratified_paired_test``: the signed-rank z with tie correction, or
+McNemar's z = (b - c) / sqrt(b + c)); ``test`` is then ``wilcoxon_stouffer`` /
+``mcnemar_stouffer``, ``n`` the pairs / clips over all cells, ``effect_size`` the mean of
+the cells' rank-biserial r / Cohen's g. A paired test on per-seed medians would treat the
+seed as the unit, which is right, but with 3 seeds it can never reach p < 0.05; Stouffer
+keeps each cell's clips as the evidence and assumes the cells independent (seeds that share
+test clips are positively correlated, which makes p somewhat optimistic). One cell: McNemar's
+exact / corrected test itself; Wilcoxon through its normal approximation (equal to
+``scipy.stats.wilcoxon(method='approx', correction=False)``).
 
 Approximations: multilabel bootstraps pool the clips of all matched cells into one set
 (different seeds' f count as different rows); OpenMIC's label mask (``mask/<class>`` columns
@@ -157,25 +172,39 @@ def _clip_column(metric: str, kind: str, cell: _Cell) -> str | None:
         return "correct"
     if group == "classifier":
         return "f_correct"
-    if group == "official":
-        ps = cell.table("per_sample.csv")
-        return "correct" if ps is not None and "correct" in ps else "f_correct"
+    if group == "official":  # only a method's own predictor has official/* (never f's)
+        return "correct"
     return None
 
 
-def _set_metric(metric: str, kind: str) -> tuple[str, str, Callable] | None:
+def _official_source(task: str, stem: str) -> str:
+    """The metric stem behind ``official/<stem>`` for a task (its ``official_source``)."""
+    from .registry import TASKS
+
+    try:
+        return getattr(TASKS.get(task), "official_source", None) or stem
+    except Exception:  # an unregistered task: the official metric is the plain one
+        return stem
+
+
+def _set_metric(metric: str, kind: str, task: str = "") -> tuple[str, str, Callable] | None:
     """(truth source, score prefix, metric function) of a multilabel set-level metric."""
     if kind == "multiclass":
         return None
     from .metrics import fidelity as fid
 
     group, _, stem = metric.partition("/")
+    if group == "official":
+        stem = _official_source(task, stem)
     fns: dict[str, Callable] = {
         "macro_auprc": lambda y, s, mask=None: fid.average_precision_macro_micro(y, s, mask)["macro"],
         "micro_auprc": lambda y, s, mask=None: fid.average_precision_macro_micro(y, s, mask)["micro"],
         "macro_auprc_11pt": lambda y, s, mask=None: fid.auprc_11pt(y, s, mask)["macro"],
         "micro_auprc_11pt": lambda y, s, mask=None: fid.auprc_11pt(y, s, mask)["micro"],
         "max_f1": lambda y, s, mask=None: fid.max_f1(y, s, mask),
+        # DCASE 2020 evaluation (SONYC-UST; no label mask in that data set)
+        "macro_auprc_dcase": lambda y, s, mask=None: fid.auprc_dcase(y, s)["macro"],
+        "micro_auprc_dcase": lambda y, s, mask=None: fid.auprc_dcase(y, s)["micro"],
     }
     if group == "fidelity" and stem in fns:
         return "f", "surrogate_prob/", fns[stem]
@@ -216,6 +245,14 @@ def _joined(cells_a: dict, cells_b: dict, table: str, keys: list[str], column: s
     return pd.concat(fa, ignore_index=True), pd.concat(fb, ignore_index=True)
 
 
+def _strata(joined: pd.DataFrame, x: np.ndarray, y: np.ndarray
+            ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The paired values split by (fold, seed) cell, in cell order."""
+    keys = joined["_fold"].astype(str) + "\x00" + joined["_seed"].astype(str)
+    codes, _ = pd.factorize(keys, sort=True)
+    return [(x[codes == i], y[codes == i]) for i in range(int(codes.max()) + 1)]
+
+
 def _winner(p_holm: float, direction: float, hib: bool | None, alpha: float) -> str:
     if hib is None or not np.isfinite(p_holm) or p_holm >= alpha or direction == 0 \
             or not np.isfinite(direction):
@@ -241,13 +278,13 @@ def _compare_pair(metric: str, a: str, b: str, ca: dict, cb: dict, kind: str,
         if len(ja):
             x, y = ja[col].to_numpy(float), jb[col].to_numpy(float)
             ok = ~(np.isnan(x) | np.isnan(y))
-            x, y = x[ok], y[ok]
-            if x.size:
-                r = stats.wilcoxon_paired(x, y)
+            if ok.any():
+                r = stats.stratified_paired_test(_strata(ja[ok], x[ok], y[ok]), "wilcoxon")
+                x, y = x[ok], y[ok]
                 return _row(metric, a, b, n=int(x.size), mean_a=float(x.mean()),
                             mean_b=float(y.mean()), mean_diff=float((x - y).mean()),
-                            effect_size=r["effect_size"], test="wilcoxon", p=r["p"],
-                            unit=f"pairs ({col})", _direction=r["effect_size"])
+                            effect_size=r["effect_size"], test="wilcoxon_stouffer", p=r["p"],
+                            unit=f"pairs ({col}) in {r['k']} cells", _direction=r["z"])
     # 2) per-clip correctness -> McNemar
     any_cell = next(iter(ca.values()), None)
     ccol = _clip_column(metric, kind, any_cell) if any_cell is not None else None
@@ -255,13 +292,21 @@ def _compare_pair(metric: str, a: str, b: str, ca: dict, cb: dict, kind: str,
         ja, jb = _joined(ca, cb, "per_sample.csv", ["id"], ccol)
         if len(ja):
             x, y = ja[ccol].to_numpy(float), jb[ccol].to_numpy(float)
-            r = stats.mcnemar_paired(x > 0.5, y > 0.5)
+            strata = _strata(ja, x > 0.5, y > 0.5)
+            if len(strata) == 1:  # one cell: the exact / corrected McNemar test itself
+                r = stats.mcnemar_paired(x > 0.5, y > 0.5)
+                test, unit, direction = "mcnemar", f"clips ({ccol})", r["effect_size"]
+            else:
+                r = stats.stratified_paired_test(strata, "mcnemar")
+                test, unit, direction = ("mcnemar_stouffer", f"clips ({ccol}) in {r['k']} cells",
+                                         r["z"])
             return _row(metric, a, b, n=int(x.size), mean_a=float(x.mean()),
                         mean_b=float(y.mean()), mean_diff=float(x.mean() - y.mean()),
-                        effect_size=r["effect_size"], test="mcnemar", p=r["p"],
-                        unit=f"clips ({ccol})", _direction=r["effect_size"])
+                        effect_size=r["effect_size"], test=test, p=r["p"],
+                        unit=unit, _direction=direction)
     # 3) multilabel set-level metric -> paired bootstrap over clips
-    sm = _set_metric(metric, kind)
+    task = str(((any_cell.config.get("task") or {}).get("name", "")) if any_cell else "")
+    sm = _set_metric(metric, kind, task)
     if sm is not None:
         truth, prefix, fn = sm
         ja, jb = _joined(ca, cb, "per_sample.csv", ["id"], None, prefix)
@@ -310,11 +355,14 @@ def _bootstrap(ja: pd.DataFrame, jb: pd.DataFrame, truth: str, prefix: str, fn: 
         return None
     sa = ja[[f"{prefix}{c}" for c in classes]].to_numpy(float)
     sb = jb[[f"{prefix}{c}" for c in classes]].to_numpy(float)
-    thr = 0.5
-    for c in cells.values():
-        thr = float((c.config.get("eval_config") or {}).get("threshold", 0.5))
-        break
+    thr = _row_thresholds(ja, cells, classes, "f" if truth == "f" else "g")
     if truth == "f":
+        # the task's excluded classes are left out of multilabel fidelity, as in the scorer
+        cfg = next(iter(cells.values())).config if cells else {}
+        excluded = set((cfg.get("task") or {}).get("classwise_exclude") or [])
+        keep = [i for i, c in enumerate(classes) if c not in excluded]
+        classes = [classes[i] for i in keep]
+        sa, sb, thr = sa[:, keep], sb[:, keep], thr[:, keep]
         fcols = [f"f_prob/{c}" for c in classes]
         if not all(c in ja for c in fcols):
             return None
@@ -331,6 +379,31 @@ def _bootstrap(ja: pd.DataFrame, jb: pd.DataFrame, truth: str, prefix: str, fn: 
     extra = {} if mask is None else {"mask": mask}
     r = stats.paired_bootstrap(fn, y, sa, sb, n_boot=n_boot, seed=seed, **extra)
     return float(fn(y, sa, mask)), float(fn(y, sb, mask)), r, int(len(y))
+
+
+def _thresholds(cell: _Cell, classes: list[str], who: str) -> np.ndarray:
+    """The decision threshold of each class as the scorer used it in ``cell``:
+    ``threshold/<who>/<class>`` of ``metrics.json`` (``who`` = 'f' or 'g'; per class, possibly
+    fitted on that cell's training split), else the cell's ``eval.threshold``."""
+    for w in (who, "f"):
+        if all(f"threshold/{w}/{k}" in cell.metrics for k in classes):
+            return np.array([float(cell.metrics[f"threshold/{w}/{k}"]) for k in classes])
+    t = (cell.config.get("eval_config") or {}).get("threshold", 0.5)
+    if isinstance(t, (list, tuple)) and len(t) == len(classes):
+        return np.asarray(t, dtype=float)
+    try:
+        return np.full(len(classes), float(t))
+    except (TypeError, ValueError):
+        raise ValueError(f"cannot tell the per-class thresholds of {cell.path}: eval.threshold="
+                         f"{t!r} and no threshold/{who}/* in metrics.json") from None
+
+
+def _row_thresholds(joined: pd.DataFrame, cells: dict, classes: list[str], who: str
+                    ) -> np.ndarray:
+    """(N, C) thresholds of the joined rows, each from the cell the row comes from."""
+    keys = list(zip(joined["_fold"].astype(str), joined["_seed"].astype(int)))
+    per_cell = {k: _thresholds(cells[k], classes, who) for k in set(keys)}
+    return np.stack([per_cell[k] for k in keys]) if keys else np.empty((0, len(classes)))
 
 
 def compare(out: str | os.PathLike, task: str, methods: Sequence[str],

@@ -235,12 +235,13 @@ def test_compare_finds_shift_and_holm(tmp_path):
     assert set(t.metric) == {"faithfulness/ff_median@0.1", "fidelity/top1",
                              "official/accuracy_top1"}
     ff = t[t.metric == "faithfulness/ff_median@0.1"].set_index(["method_a", "method_b"])
-    assert (ff["test"] == "wilcoxon").all() and (ff["n"] == 180).all()
+    assert (ff["test"] == "wilcoxon_stouffer").all() and (ff["n"] == 180).all()
+    assert ff["unit"].str.endswith("in 3 cells").all()
     assert ff.loc[("ref", "better"), "winner"] == "b"
     assert ff.loc[("ref", "better"), "p_holm"] < 0.01
     assert ff.loc[("ref", "better"), "mean_diff"] == pytest.approx(-0.3, abs=0.05)
     assert ff.loc[("better", "copy"), "winner"] == "a"
-    assert (t[t.metric == "fidelity/top1"]["test"] == "mcnemar").all()
+    assert (t[t.metric == "fidelity/top1"]["test"] == "mcnemar_stouffer").all()
     assert (t[t.metric == "fidelity/top1"]["n"] == 120).all()
     # Holm over every row of the table, as statsmodels computes it
     ok = t["p"].notna()
@@ -248,6 +249,42 @@ def test_compare_finds_shift_and_holm(tmp_path):
     # a metrics.json-only metric: paired t-test over the three matched (fold, seed) cells
     tt = compare(out, "toy", ["ref", "better"], "faithfulness/n_pairs")
     assert tt["test"].item() == "paired_t" and tt["n"].item() == 3
+
+
+def test_compare_tests_each_cell_and_combines_with_stouffer(tmp_path):
+    from scipy.stats import combine_pvalues, wilcoxon
+
+    from audio_xai_bench.metrics import stats
+
+    # known answer: stratum 1 d = [1, 2, 3]: W+ = 6, E = 3, Var = 3*4*7/24 = 3.5, z = 1.603567;
+    # stratum 2 d = [-1, 2]: W+ = 2, E = 1.5, Var = 1.25, z = .447214;
+    # Z = (1.603567 + .447214) / sqrt(2) = 1.450121, p = 2 Phi(-Z) = .147025
+    r = stats.stratified_paired_test([([1, 2, 3], [0, 0, 0]), ([-1, 2], [0, 0])])
+    assert r["per_stratum_z"] == pytest.approx([3 / 3.5 ** 0.5, 0.5 / 1.25 ** 0.5])
+    assert r["z"] == pytest.approx(1.450121, abs=1e-6) and r["p"] == pytest.approx(0.147025, abs=1e-6)
+    assert r["k"] == 2 and r["n"] == 5 and r["effect_size"] == pytest.approx((1 + 1 / 3) / 2)
+    # McNemar strata: b, c = (6, 2) and (1, 3): z = 4/sqrt(8), -2/2
+    m = stats.stratified_paired_test([([1] * 6 + [0] * 2, [0] * 6 + [1] * 2),
+                                      ([1] + [0] * 3, [0] + [1] * 3)], "mcnemar")
+    assert m["z"] == pytest.approx((4 / 8 ** 0.5 - 1.0) / 2 ** 0.5)
+    # through compare: each (fold, seed) cell tested alone, cells combined; cross-checked with
+    # scipy's normal-approximation Wilcoxon per cell and scipy's Stouffer combination
+    out = tmp_path / "runs"
+    rng = np.random.default_rng(3)
+    _compare_runs(out, rng, n_pairs=30, methods=(("ref", 0.0), ("better", 0.1)))
+    t = compare(out, "toy", ["ref", "better"], "faithfulness/ff_median@0.1")
+    from audio_xai_bench.compare import load_method
+
+    ca, cb = load_method(out, "toy", "ref"), load_method(out, "toy", "better")
+    one_sided = []
+    for key in sorted(ca):
+        a = pd.read_csv(ca[key].path / "pairs.csv")["ff@0.1"]
+        b = pd.read_csv(cb[key].path / "pairs.csv")["ff@0.1"]
+        one_sided.append(wilcoxon(a, b, method="approx", correction=False,
+                                  alternative="greater").pvalue)
+    p1 = combine_pvalues(one_sided, method="stouffer").pvalue
+    assert t["p"].item() == pytest.approx(2 * min(p1, 1 - p1), rel=1e-6)
+    assert t["n"].item() == 90 and t["test"].item() == "wilcoxon_stouffer"
 
 
 def test_compare_identical_copy_rarely_significant(tmp_path):

@@ -18,6 +18,10 @@ from torch import Tensor
 __all__ = [
     "wilcoxon_paired",
     "mcnemar_paired",
+    "signed_rank_z",
+    "mcnemar_z",
+    "stouffer",
+    "stratified_paired_test",
     "paired_bootstrap",
     "paired_ttest",
     "welch_ttest",
@@ -70,6 +74,90 @@ def wilcoxon_paired(a: Any, b: Any) -> dict[str, float]:
     res = wilcoxon(x, y, alternative="two-sided", zero_method="wilcox")
     return {"statistic": float(res.statistic), "p": float(res.pvalue), "n": n, "n_total": int(d.size),
             "effect_size": float((w_plus - w_minus) / (w_plus + w_minus))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-cell tests combined across cells (compare: one cell = one (fold, seed))
+# ---------------------------------------------------------------------------------------------
+def signed_rank_z(a: Any, b: Any) -> tuple[float, int, float]:
+    """Signed z of the Wilcoxon signed-rank statistic of d = a - b (zero differences dropped):
+    z = (W+ - n(n+1)/4) / sqrt(n(n+1)(2n+1)/24 - sum(t^3 - t)/48), t = sizes of tied |d|
+    groups; positive when a > b. ``2 * Phi(-|z|)`` is ``scipy.stats.wilcoxon(a, b,
+    method='approx', correction=False)``'s p. Returns (z, n non-zero, rank-biserial r);
+    (0, 0, 0) when every difference is zero (no evidence either way)."""
+    from scipy.stats import rankdata
+
+    x, y = _paired(a, b)
+    d = x - y
+    d = d[d != 0]
+    n = int(d.size)
+    if n == 0:
+        return 0.0, 0, 0.0
+    ranks = rankdata(np.abs(d))
+    w_plus = float(ranks[d > 0].sum())
+    _, t = np.unique(np.abs(d), return_counts=True)
+    var = n * (n + 1) * (2 * n + 1) / 24.0 - float((t ** 3 - t).sum()) / 48.0
+    z = 0.0 if var <= 0 else (w_plus - n * (n + 1) / 4.0) / np.sqrt(var)
+    r = (2.0 * w_plus - n * (n + 1) / 2.0) / (n * (n + 1) / 2.0)  # (W+ - W-) / (W+ + W-)
+    return float(z), n, float(r)
+
+
+def mcnemar_z(correct_a: Any, correct_b: Any) -> tuple[float, int, float]:
+    """Signed z of McNemar's test without continuity correction, z = (b - c) / sqrt(b + c)
+    (z^2 is the uncorrected McNemar chi-square); positive when a is right more often on the
+    discordant clips. Returns (z, b + c, Cohen's g); (0, 0, 0) without discordant clips."""
+    ca = _np(correct_a, None).astype(bool).ravel()
+    cb = _np(correct_b, None).astype(bool).ravel()
+    if ca.shape != cb.shape:
+        raise ValueError("correct_a and correct_b must be paired (same length)")
+    b, c = int((ca & ~cb).sum()), int((~ca & cb).sum())
+    if b + c == 0:
+        return 0.0, 0, 0.0
+    return float((b - c) / np.sqrt(b + c)), b + c, float(b / (b + c) - 0.5)
+
+
+def stouffer(z: Any) -> dict[str, float]:
+    """Stouffer's combination of k independent signed z-scores with equal weights:
+    Z = sum z_i / sqrt(k), two-sided p = 2 Phi(-|Z|). Equals
+    ``scipy.stats.combine_pvalues(Phi(-z_i), method='stouffer')`` turned two-sided."""
+    from scipy.stats import norm
+
+    zz = _np(z).ravel()
+    if zz.size == 0:
+        return {"z": float("nan"), "p": float("nan"), "k": 0}
+    Z = float(zz.sum() / np.sqrt(zz.size))
+    return {"z": Z, "p": float(min(1.0, 2.0 * norm.sf(abs(Z)))), "k": int(zz.size)}
+
+
+def stratified_paired_test(strata: Any, kind: str = "wilcoxon") -> dict[str, Any]:
+    """Paired test run **within each stratum** (one (fold, seed) cell: the same test clips
+    and, for post-hoc methods, the same f) and combined across strata with Stouffer's Z.
+
+    Why: pooling the pairs of every seed into one test treats seed replicates of a clip as new
+    independent clips (overstating n) and ranks differences of different models together.
+    Here each stratum gives a signed z (``kind='wilcoxon'``: :func:`signed_rank_z` on
+    continuous scores; ``'mcnemar'``: :func:`mcnemar_z` on correctness) and the strata count
+    equally (a cell is a replicate of the whole experiment, whatever its number of pairs).
+    A paired test on the per-seed medians was the alternative; with the usual 3 seeds its
+    smallest two-sided p is 0.25 (Wilcoxon) so it could never find a difference. Caveat:
+    Stouffer assumes the strata are independent; cells that share test clips (seeds of one
+    fold) are positively correlated under a shared clip effect, which makes the combined p
+    optimistic. ``strata``: iterable of (a, b) paired arrays. Returns dict(z, p, k strata,
+    n (non-zero pairs or discordant clips, summed), effect_size (mean of the per-stratum
+    rank-biserial r / Cohen's g), per_stratum_z)."""
+    fn = {"wilcoxon": signed_rank_z, "mcnemar": mcnemar_z}.get(kind)
+    if fn is None:
+        raise ValueError(f"kind must be 'wilcoxon' or 'mcnemar', not {kind!r}")
+    zs, ns, es = [], [], []
+    for a, b in strata:
+        z, n, e = fn(a, b)
+        zs.append(z)
+        ns.append(n)
+        es.append(e)
+    comb = stouffer(zs)
+    return {"z": comb["z"], "p": comb["p"], "k": comb["k"], "n": int(sum(ns)),
+            "effect_size": float(np.mean(es)) if es else float("nan"),
+            "per_stratum_z": [float(v) for v in zs]}
 
 
 def mcnemar_paired(correct_a: Any, correct_b: Any, exact_below: int = 25) -> dict[str, float]:
