@@ -20,7 +20,10 @@ METRIC_DOCS: dict[str, str] = {
     "fidelity/macro_auprc_11pt|micro_auprc_11pt": "same, the authors' 11-threshold trapezoid",
     "fidelity/max_f1|weighted_f1": "multilabel F1 fidelity (max over thresholds; OpenMIC weighted F1)",
     "classification/*": "by-design model against the labels (same names as classifier/*)",
-    "official/<name>": "the task's official metric for the model that predicts",
+    "official/<name>": "the task's official metric for the method's own predictor only "
+                       "(by-design; SONYC-UST: the DCASE 2020 macro-AUPRC); f's is classifier/*",
+    "threshold/f|g/<class>": "multilabel decision threshold used per class for f / the "
+                             "method's predictor (eval.threshold: float, per_class, list)",
     "faithfulness/ff_median@tau": "median of FF_x = f(x)_c - f(x_2)_c (eq. 7)",
     "faithfulness/random_ff_median@tau": "same with |L| random components removed from outside L",
     "faithfulness/wilcoxon_p@tau": "one-sided Wilcoxon signed-rank p, FF > random baseline",
@@ -201,7 +204,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
                     print(f"\n{task} — {title}")
                     print(t.to_string(index=False))
         if args.publish:
-            path, spath = publish(part, task, args.root)
+            path, spath = publish(part, task, args.root, on_mismatch=args.on_mismatch)
             print(f"published {path} and {spath}")
     return 0
 
@@ -306,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--publish", action="store_true",
                     help="merge the rows into ROOT/<task>.csv and rewrite ROOT/<task>_summary.csv")
     lb.add_argument("--root", default="leaderboard", help="leaderboard folder (default: leaderboard)")
+    lb.add_argument("--on-mismatch", default="refuse", choices=["refuse", "mark", "replace"],
+                    help="--publish when a method's rows would come from different code (suite "
+                         "version / git commit / metric definitions): refuse (default), mark "
+                         "them mixed, or replace the method's older rows")
     lb.add_argument("--paper-tables", action="store_true",
                     help="also print the tables in the shape of the paper's Tables IV, V and VIII")
     lb.set_defaults(func=cmd_leaderboard)

@@ -53,7 +53,15 @@ __all__ = ["COLUMNS", "higher_is_better", "collect", "cell_rows", "summary", "fo
 
 #: Columns of the long-format CSV, in order.
 COLUMNS: list[str] = ["task", "method", "variant", "fold", "seed", "metric", "value", "n",
-                      "higher_is_better", "suite_version", "git_commit", "run_id", "date"]
+                      "higher_is_better", "suite_version", "git_commit", "run_id", "date",
+                      "metrics_digest", "mixed"]
+
+#: Columns that say which code wrote a row; ``publish`` keeps them uniform per (task, method).
+PROVENANCE: tuple[str, ...] = ("suite_version", "git_commit", "metrics_digest")
+
+
+class ProvenanceMismatch(ValueError):
+    """``publish`` refused rows written by other code than the rows of the same method."""
 
 #: metrics.json stem (after the prefix, before ``@tau``) -> (module, METRIC_INFO key)
 _ALIASES: dict[str, tuple[str, str]] = {
@@ -234,7 +242,8 @@ def cell_rows(path: str | os.PathLike, defaults_cache: dict | None = None) -> pd
             "seed": int(cfg.get("seed", 0)),
             "suite_version": versions.get("audio_xai_bench", __version__),
             "git_commit": versions.get("git_commit", "unknown"), "run_id": path.name,
-            "date": done.get("date", "")}
+            "date": done.get("date", ""), "metrics_digest": versions.get("metrics_digest", ""),
+            "mixed": ""}
     rows = []
     for name in sorted(metrics):
         value = metrics[name]
@@ -286,8 +295,8 @@ def summary(long_df: pd.DataFrame, metrics: Iterable[str] | None = None,
     applicable). Class-wise values are left out unless ``include_classwise``."""
     keys = ["task", "method", "variant"]
     df = long_df.copy()
-    if not include_classwise:
-        df = df[~df["metric"].astype(str).str.startswith("classwise/")]
+    if not include_classwise:  # class-wise values and the per-class decision thresholds
+        df = df[~df["metric"].astype(str).str.startswith(("classwise/", "threshold/"))]
     if metrics is not None:
         df = df[df["metric"].isin(list(metrics))]
     if df.empty:
@@ -295,6 +304,10 @@ def summary(long_df: pd.DataFrame, metrics: Iterable[str] | None = None,
     df["variant"] = df["variant"].fillna("").astype(str)
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
     n_cells = df.groupby(keys)["run_id"].nunique().rename("n_cells")
+    if "mixed" in df:  # rows published with on_mismatch='mark' (several code versions)
+        n_cells = n_cells.to_frame().join(
+            df.assign(mixed=df["mixed"].astype(str).str.lower() == "true")
+            .groupby(keys)["mixed"].any())
     g = df.groupby(keys + ["metric"])["value"]
     stats = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1)}).reset_index()
     stats["std"] = stats["std"].fillna(0.0).where(stats["mean"].notna())
@@ -313,7 +326,8 @@ def summary(long_df: pd.DataFrame, metrics: Iterable[str] | None = None,
             cols[f"{m}:{stat}"] = wide[(stat, m)] if (stat, m) in wide.columns else np.nan
     out = pd.DataFrame(cols, index=wide.index)
     out = out.join(n_cells).reset_index()
-    return out[keys + ["n_cells"] + list(cols)].sort_values(keys, ignore_index=True)
+    extra = ["n_cells"] + (["mixed"] if "mixed" in out else [])
+    return out[keys + extra + list(cols)].sort_values(keys, ignore_index=True)
 
 
 def _metric_sort_key(name: str) -> tuple:
@@ -377,7 +391,8 @@ def _read_long(path: Path) -> pd.DataFrame:
     if not path.is_file() or path.stat().st_size == 0:
         return pd.DataFrame(columns=COLUMNS)
     df = pd.read_csv(path, dtype={"variant": str, "fold": str, "run_id": str, "git_commit": str,
-                                  "suite_version": str, "date": str},
+                                  "suite_version": str, "date": str, "metrics_digest": str,
+                                  "mixed": str},
                      keep_default_na=False, na_values={"value": [""], "n": [""]})
     for c in COLUMNS:
         if c not in df:
@@ -388,7 +403,7 @@ def _read_long(path: Path) -> pd.DataFrame:
 def _normalise(df: pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
     for c in ("variant", "fold", "run_id", "git_commit", "suite_version", "date", "task",
-              "method", "metric"):
+              "method", "metric", "metrics_digest", "mixed"):
         df[c] = df[c].fillna("").astype(str)
     df["higher_is_better"] = df["higher_is_better"].map(_hib_value).map(
         lambda v: "" if v is None else str(bool(v)))
@@ -398,8 +413,17 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def publish(long_df: pd.DataFrame, task: str, root: str | os.PathLike = "leaderboard"
-            ) -> tuple[Path, Path]:
+def _provenance(df: pd.DataFrame) -> set[tuple[str, ...]]:
+    return set(map(tuple, df[list(PROVENANCE)].astype(str).to_numpy().tolist()))
+
+
+def _describe(prov: Iterable[tuple[str, ...]]) -> str:
+    return "; ".join(", ".join(f"{k}={v or '?'}" for k, v in zip(PROVENANCE, p))
+                     for p in sorted(prov))
+
+
+def publish(long_df: pd.DataFrame, task: str, root: str | os.PathLike = "leaderboard",
+            on_mismatch: str = "refuse") -> tuple[Path, Path]:
     """Merge ``long_df``'s rows of ``task`` into ``<root>/<task>.csv`` and rewrite
     ``<root>/<task>_summary.csv``.
 
@@ -407,7 +431,18 @@ def publish(long_df: pd.DataFrame, task: str, root: str | os.PathLike = "leaderb
     never duplicates it); all other rows are kept. The read-merge-write happens under an
     exclusive ``fcntl.flock`` on ``<root>/.<task>.lock`` and each file is written to a
     temporary sibling and moved into place with ``os.replace``. Returns both paths.
+
+    Provenance: every row of one method in the file must come from the same code, i.e. the
+    same ``suite_version``, ``git_commit`` and ``metrics_digest`` (digest of the metric code,
+    ``results.metrics_digest``). When the merged rows of a method published here would mix
+    several, ``on_mismatch`` decides: ``"refuse"`` (default) raises
+    :class:`ProvenanceMismatch` and writes nothing; ``"mark"`` writes them and sets
+    ``mixed = True`` on every row of that method (the summary shows it); ``"replace"`` drops
+    the method's older rows that differ from the new ones (the incoming rows must then agree
+    among themselves).
     """
+    if on_mismatch not in ("refuse", "mark", "replace"):
+        raise ValueError(f"on_mismatch must be 'refuse', 'mark' or 'replace', not {on_mismatch!r}")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     path, spath = root / f"{task}.csv", root / f"{task}_summary.csv"
@@ -420,7 +455,32 @@ def publish(long_df: pd.DataFrame, task: str, root: str | os.PathLike = "leaderb
             if len(new):
                 replaced = set(zip(new["method"], new["run_id"]))
                 keep = [(m, r) not in replaced for m, r in zip(old["method"], old["run_id"])]
-                old = old[keep]
+                old = old[keep].copy()
+        old = old if len(old) else pd.DataFrame(columns=COLUMNS)
+        conflicts = []
+        for method in (sorted(new["method"].unique()) if len(new) else []):
+            mine = new[new["method"] == method]
+            prev = old[old["method"] == method]
+            incoming, before = _provenance(mine), _provenance(prev) if len(prev) else set()
+            if len(incoming | before) <= 1:
+                continue
+            if on_mismatch == "replace" and len(incoming) == 1:
+                old = old[~((old["method"] == method)
+                            & ~old[list(PROVENANCE)].astype(str).apply(tuple, axis=1)
+                            .isin(incoming))]
+            elif on_mismatch == "mark":
+                new.loc[new["method"] == method, "mixed"] = "True"
+                old.loc[old["method"] == method, "mixed"] = "True"
+            else:
+                conflicts.append(f"method {method!r}: new rows from {_describe(incoming)}"
+                                 + (f"; already published from {_describe(before)}"
+                                    if before else ""))
+        if conflicts:
+            raise ProvenanceMismatch(
+                f"refusing to publish to {path}: rows of one method would come from different "
+                "code (suite version / git commit / metric definitions):\n  "
+                + "\n  ".join(conflicts) + "\nRe-run the cells with one commit, or publish with "
+                "on_mismatch='replace' (drop the older rows) or 'mark' (flag them mixed).")
         parts = [d for d in (old, new) if len(d)]
         merged = (pd.concat(parts, ignore_index=True) if parts
                   else pd.DataFrame(columns=COLUMNS))

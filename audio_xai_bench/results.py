@@ -47,6 +47,20 @@ def git_commit() -> str:
         return "unknown"
 
 
+def metrics_digest() -> str:
+    """Short digest of the code that defines the metrics (``evaluate.py`` and ``metrics/*.py``):
+    two cells with the same digest computed every metric the same way, whatever the git state
+    (it also catches uncommitted edits, which ``git_commit`` does not)."""
+    import hashlib
+
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in [here / "evaluate.py", *sorted((here / "metrics").glob("*.py"))]:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:10]
+
+
 def is_done(path: Path) -> bool:
     return (path / "done.json").is_file()
 
@@ -136,4 +150,4 @@ def versions() -> dict[str, str]:
 
     return {"audio_xai_bench": __version__, "torch": torch.__version__,
             "numpy": np.__version__, "python": platform.python_version(),
-            "git_commit": git_commit()}
+            "git_commit": git_commit(), "metrics_digest": metrics_digest()}

@@ -172,6 +172,41 @@ def test_publish_merges_and_replaces(toy_runs, tmp_path):
     assert not list(root.glob(".toy.csv.*"))  # no temporary file left behind
 
 
+def test_publish_refuses_or_marks_rows_from_other_code(toy_runs, tmp_path):
+    root = tmp_path / "leaderboard"
+    full = lb.collect(toy_runs, "toy")
+    alpha = full[full.method == "alpha"].copy()
+    assert set(alpha["metrics_digest"]) == {""}  # toy cells carry no digest: uniform anyway
+    lb.publish(alpha[alpha.seed < 2], "toy", root)
+    before = (root / "toy.csv").read_bytes()
+    # a later cell of the same method written by another commit: refused, nothing written
+    later = alpha[alpha.seed == 2].assign(git_commit="fffffff")
+    with pytest.raises(lb.ProvenanceMismatch, match="alpha.*fffffff.*abc1234"):
+        lb.publish(later, "toy", root)
+    assert (root / "toy.csv").read_bytes() == before
+    # incoming rows that disagree among themselves (metric code changed) are refused too
+    mixed_in = alpha.assign(metrics_digest=np.where(alpha.seed == 0, "d1", "d2"))
+    with pytest.raises(lb.ProvenanceMismatch, match="metrics_digest=d1"):
+        lb.publish(mixed_in, "toy", tmp_path / "other")
+    # another method from another commit is fine (the rule is per task and method)
+    lb.publish(full[full.method == "beta"].assign(git_commit="0000000"), "toy", root)
+    # 'mark': written, every row of the method flagged, the summary says so
+    lb.publish(later, "toy", root, on_mismatch="mark")
+    marked = pd.read_csv(root / "toy.csv", keep_default_na=False)
+    assert (marked[marked.method == "alpha"]["mixed"].astype(str) == "True").all()
+    assert (marked[marked.method == "beta"]["mixed"].astype(str) == "").all()
+    summ = pd.read_csv(root / "toy_summary.csv").set_index("method")
+    assert bool(summ.loc["alpha", "mixed"]) and not bool(summ.loc["beta", "mixed"])
+    # 'replace': the method's older rows from other code are dropped
+    root2 = tmp_path / "lb2"
+    lb.publish(alpha[alpha.seed < 2], "toy", root2)
+    lb.publish(later, "toy", root2, on_mismatch="replace")
+    rep = pd.read_csv(root2 / "toy.csv", dtype={"git_commit": str})
+    assert set(rep["git_commit"]) == {"fffffff"} and set(rep["seed"]) == {2}
+    with pytest.raises(ValueError, match="on_mismatch"):
+        lb.publish(later, "toy", root2, on_mismatch="ignore")
+
+
 def _publisher(args):
     out, root, method, repeats = args
     df = lb.collect(out, "toy", method)
