@@ -292,7 +292,10 @@ def summary(long_df: pd.DataFrame, metrics: Iterable[str] | None = None,
     each metric the columns ``<metric>:mean``, ``<metric>:std`` (sample std over cells, ddof=1;
     0 for one cell) and ``<metric>:rank`` (1 = best among the rows of the same task given
     ``higher_is_better``; ties share the best rank; empty when the direction is not
-    applicable). Class-wise values are left out unless ``include_classwise``."""
+    applicable, and for ``classifier/*``, which is the shared f's score, not the method's).
+    Class-wise values and the per-class decision thresholds (``threshold/*``) are left out
+    unless ``include_classwise``. ``mixed`` (when the rows carry it) is True for a row whose
+    cells were published from several code versions (``publish(on_mismatch='mark')``)."""
     keys = ["task", "method", "variant"]
     df = long_df.copy()
     if not include_classwise:  # class-wise values and the per-class decision thresholds
@@ -315,8 +318,8 @@ def summary(long_df: pd.DataFrame, metrics: Iterable[str] | None = None,
     stats["rank"] = np.nan
     for (task, metric), idx in stats.groupby(["task", "metric"]).groups.items():
         hib = direction.get(metric)
-        if hib is None:
-            continue
+        if hib is None or _stem(metric)[0] == "classifier":
+            continue  # classifier/* is f's score, the same f for every method: no ranking
         stats.loc[idx, "rank"] = stats.loc[idx, "mean"].rank(ascending=not hib, method="min")
     order = list(dict.fromkeys(sorted(stats["metric"].unique(), key=_metric_sort_key)))
     wide = stats.set_index(keys + ["metric"])[["mean", "std", "rank"]].unstack("metric")
@@ -543,10 +546,14 @@ def write_aggregate(records: list[Mapping[str, Any]]) -> list[Path]:
 
 #: The paper's result tables and the metrics that fill them (those present are shown).
 PAPER_TABLES: dict[str, list[str]] = {
+    "Classifier f (Table I; BASE-f of Table VIII), shown once": [
+        "classifier/accuracy_top1", "classifier/accuracy_top5", "classifier/macro_auprc",
+        "classifier/macro_auprc_dcase", "classifier/micro_auprc", "classifier/weighted_f1"],
     "Table IV: fidelity of post-hoc surrogates": [
         "fidelity/top1", "fidelity/top5", "fidelity/macro_auprc", "fidelity/micro_auprc",
         "fidelity/weighted_f1"],
     "Table VIII: classification of by-design models": [
+        "official/accuracy_top1", "official/macro_auprc", "official/weighted_f1",
         "classification/accuracy_top1", "classification/accuracy_top5",
         "classification/macro_auprc", "classification/micro_auprc",
         "classification/weighted_f1"],
@@ -574,5 +581,13 @@ def paper_tables(wide: pd.DataFrame) -> dict[str, pd.DataFrame]:
         for m in present:
             mean, std = rows[f"{m}:mean"], rows[f"{m}:std"]
             table[m] = [("" if pd.isna(a) else f"{a:.3f} ± {b:.3f}") for a, b in zip(mean, std)]
+        if all(m.startswith("classifier/") for m in present):
+            # every method's cells carry the same f (cached per task, fold, seed): one row
+            # per distinct value set, named by the methods that share it
+            table = (table.groupby(present + ["n_cells"], sort=False)["method"]
+                     .agg(lambda s: "f (" + ", ".join(sorted(s)) + ")" if len(s) < 4
+                          else f"f (shared by {len(s)} methods)").reset_index())
+            table.insert(1, "variant", "")
+            table = table[["method", "variant", "n_cells"] + present]
         out[title] = table.reset_index(drop=True)
     return out
