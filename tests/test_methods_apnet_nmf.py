@@ -160,10 +160,17 @@ def test_nmf_baselines_fit_predict_explain(data, name, rep):
     allc = e.mixture(torch.ones_like(e.relevance))
     assert float(allc.min()) >= 0 and bool((allc <= b.X + 1e-5).all())
     assert float(e.component(0).min()) >= 0
-    # relevance = mean_t(H_k) * effective weight[c, k], normalised by max |.|
-    H = m._activations(m._V(b.X))
-    v = H.mean(-1) * m.model.head.effective_weight()[classes]
-    torch.testing.assert_close(e.relevance, v / v.abs().amax(1, keepdim=True))
+    # relevance = what each component adds to the explained class's logit: knock component k
+    # out of the pooled activations and run the model's own head (no formula re-derived here)
+    rows = torch.arange(len(b))
+    with torch.inference_mode():
+        z = e.H.mean(-1)
+        logit = m.model.head(z)[rows, classes]
+        drop = torch.stack([logit - m.model.head(z * (torch.arange(6) != k))[rows, classes]
+                            for k in range(6)], 1)
+        assert torch.allclose(m.predict(b), torch.softmax(m.model.head(z), -1), atol=1e-6)
+    torch.testing.assert_close(e.relevance, drop / drop.abs().amax(1, keepdim=True),
+                               atol=1e-4, rtol=1e-4)
     if name == "tdl-nmf":
         W = m.model.W.detach()
         assert float(W.min()) >= 0
