@@ -21,7 +21,9 @@ Labels (official DCASE 2020 baseline, ``classify.get_file_targets`` / ``get_subs
 
 One fold, ``"0"``: train = split ``train``, valid = ``validate``, test = ``test``.
 The paper drops 'non-machinery-impact' from class-wise fidelity and faithfulness
-(``classwise_exclude``); option ``exclude_nmi=False`` keeps it.
+(``classwise_exclude``): the scorer leaves it out of multilabel fidelity (all
+``fidelity/*``) and of the class-wise FF; f's and a predictor's label metrics keep all 8
+classes, as the DCASE evaluation does. Option ``exclude_nmi=False`` keeps it everywhere.
 
 ``official_metric = "macro_auprc"`` (DCASE 2020 ranked on coarse macro-AUPRC) with
 ``official_source = "macro_auprc_dcase"``: ``official/macro_auprc`` is the DCASE 2020

@@ -6,7 +6,8 @@ outputs taken as ground truth; the same functions score a by-design model agains
 (scikit-learn), the authors' 11-threshold trapezoid AUPRC and max-F1 (L2I code
 ``calc_PRC_metrics``), the official DCASE 2020 task 5 AUPRC, and OpenMIC's weighted F1.
 
-Inputs may be torch tensors or numpy arrays; the set-level metrics work in numpy (float64).
+Inputs may be torch tensors or numpy arrays; the set-level metrics work in numpy (float64,
+except that the 11-threshold AUPRC compares scores with thresholds in the scores' dtype).
 """
 from __future__ import annotations
 
