@@ -153,3 +153,57 @@ def test_official_metric_is_the_predictors_and_the_declared_variant():
     ml = {"classification/macro_auprc": 0.7, "classification/macro_auprc_dcase": 0.6,
           "classifier/macro_auprc_dcase": 0.9}
     assert official_metrics(sonyc, ml) == {"official/macro_auprc": 0.6}  # DCASE 2020 AUPRC
+
+
+class _MeanMelLinear(nn.Module):
+    """A learnable f for synth small: linear on the time-averaged log-mel (the small-profile
+    CNN stays at chance on 64 training clips, so a value test needs an f that learns)."""
+
+    def __init__(self, M: int, C: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(M, C)
+
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        return self.fc(logmel[:, 0].mean(1) / 40.0)
+
+
+def test_end_to_end_values_random_ff_below_occlusion_on_synth_small(tmp_path):
+    from pathlib import Path
+
+    from audio_xai_bench import runner
+    from audio_xai_bench.registry import METHODS
+
+    task = TASKS.get("synth")(profile="small")
+    fold = task.folds()[0]
+    fe = task.frontend
+    data = TaskData(task=task, fold="0", train=materialize(fold.train, fe),
+                    valid=materialize(fold.valid, fe), test=materialize(fold.test, fe),
+                    frontend=Frontend(fe), seed=0)
+    torch.manual_seed(0)
+    f = _MeanMelLinear(fe.n_mels, task.num_classes)
+    loader = BatchLoader(data.train, data.frontend, 64)
+    opt = torch.optim.Adam(f.parameters(), lr=0.05)
+    for _ in range(150):
+        for b in loader:
+            opt.zero_grad()
+            nn.functional.cross_entropy(f(b.logmel), b.target.argmax(1)).backward()
+            opt.step()
+    f.eval()
+    out = {}
+    for name in ("occlusion", "random"):
+        cls = METHODS.get(name)
+        cfg = cls.resolve_config(task, "small", {})
+        if cls.needs_dictionary:
+            data.dictionary, _ = runner.get_dictionary(data, int(cfg["K"]), 0, Path(tmp_path),
+                                                       cfg, log=lambda *_: None)
+        ex = cls(cfg, seed=0)
+        ex.fit(data, f)
+        out[name] = Scorer(ex, f, data, EvalConfig(taus=(0.9,), listen=0)).run().metrics
+    # f learns (8 classes, chance 0.125; measured 0.81 with this seed)
+    assert out["random"]["classifier/accuracy_top1"] > 0.5
+    # occlusion marks where f looks: removing its 1-2 most relevant regions drops f's
+    # probability far more than removing random NMF components (measured .35 vs .09)
+    occ, rnd = out["occlusion"], out["random"]
+    assert occ["faithfulness/n_selected_mean@0.9"] <= rnd["faithfulness/n_selected_mean@0.9"] + 1
+    assert occ["faithfulness/ff_median@0.9"] > rnd["faithfulness/ff_median@0.9"] + 0.1
+    assert occ["faithfulness/ff_median@0.9"] > occ["faithfulness/random_ff_median@0.9"]
