@@ -519,6 +519,9 @@ def test_cli_end_to_end(tmp_path, capsys):
                  str(tmp_path / "lb")]) == 0
     long_df = pd.read_csv(tmp_path / "lb" / "synth.csv")
     assert set(long_df.method) == {"l2i", "random"} and long_df.run_id.nunique() == 4
+    # the small profile's f learns (chance = 1/8): the tests run against a real classifier
+    acc = long_df[long_df.metric == "classifier/accuracy_top1"].value
+    assert acc.min() > 0.25
     assert main(["compare", "--task", "synth", "--methods", "l2i,random", "--out", out]) == 0
     table = pd.read_csv(Path(out) / "synth" / "compare_main.csv")
     assert "faithfulness/ff_median@0.1" in set(table.metric)
