@@ -82,6 +82,12 @@ class KumarCNN(nn.Module):
     def forward(self, logmel: Tensor) -> Tensor:
         return self.forward_hidden(logmel)[0]
 
+    def randomisation_stages(self) -> list[tuple[str, list[nn.Module]]]:
+        """Layers top-down for the cascading randomisation sanity check (Adebayo et al. 2018):
+        the head (1x1 conv + linear), layer18, then B6 .. B1."""
+        blocks = list(zip(self.block_names, ([b] for b in self.blocks)))
+        return [("head", [self.head, self.fc]), ("layer18", [self.layer18]), *blocks[::-1]]
+
     def head_parameters(self) -> list[nn.Parameter]:
         """The layers after the conv blocks (paper: fine-tune only these on ESC-50)."""
         return [*self.head.parameters(), *self.fc.parameters()]

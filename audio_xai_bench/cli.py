@@ -29,6 +29,13 @@ METRIC_DOCS: dict[str, str] = {
     "faithfulness/wilcoxon_p@tau": "one-sided Wilcoxon signed-rank p, FF > random baseline",
     "faithfulness/n_selected_mean@tau": "mean |L| = #components with relevance > tau",
     "classwise/ff_median@0.1/<class>": "class-wise FF medians (paper Figs. 2-3)",
+    "lmac/ai|ad|ag": "L-MAC recipe: % pairs whose p_c rises on the masked-in input (AI, up); mean relative drop (AD, down) / gain (AG, up) of p_c, % (tau = eval.listen_tau)",
+    "lmac/fid_in": "L-MAC input fidelity: % pairs whose masked-in input keeps f's decision (up)",
+    "lmac/sps|comp": "Quantus Sparseness (Gini, up) / Complexity (entropy, down) of the mask X_in / X",
+    "lmac/<name>_soft": "the same with the soft mask sum_k max(r_k,0) X_k / X",
+    "sanity/param_rand_spearman@<layer>": "run --sanity: median Spearman of relevance maps, trained f vs f re-initialised down to <layer> (down)",
+    "sanity/label_rand_spearman": "run --sanity: the same vs f trained on permuted labels (down)",
+    "sanity/pass": "run --sanity: 1 if the judged medians are all < 0.5 (explanations depend on f)",
     "groundtruth/si_sdri_median@tau": "SI-SDR(x_int, source) - SI-SDR(x, source), dB (synth)",
     "groundtruth/energy_precision_mean@tau": "share of x_int's energy inside the oracle class mask",
     "groundtruth/energy_precision_input_mean": "the same share for the input itself",
@@ -86,7 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                    seeds=seeds, device=args.device, out=args.out, cache_dir=args.cache_dir,
                    profile=args.profile, overrides=_parse_sets(args.set), force=args.force,
                    on_bad_file=args.on_bad_file, classifier_weights=args.classifier_weights,
-                   task_options=_parse_task_options(args.task_option))
+                   task_options=_parse_task_options(args.task_option), sanity=args.sanity)
     records = run(spec)
     table = summarize(records)
     from .leaderboard import write_aggregate
@@ -278,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; use 1 when several "
                         "runs share a small machine: oversubscribed threads slow torch down a lot)")
+    r.add_argument("--sanity", nargs="?", const="all", default=None, metavar="STAGES",
+                   help="also run the Adebayo et al. sanity checks (refits the method per "
+                        "randomised layer; STAGES e.g. head,B6,B1, default all)")
     r.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
                    help="task setting, e.g. exclude_nmi=false (SONYC) or max_clips=500")
     r.set_defaults(func=cmd_run)

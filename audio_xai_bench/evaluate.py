@@ -28,6 +28,7 @@ from .classifier import probabilities
 from .metrics import faithfulness as ffm
 from .metrics import fidelity as fid
 from .metrics import groundtruth as gt
+from .metrics import lmac as lmm
 from .train import BatchLoader
 
 TAUS: tuple[float, ...] = (0.9, 0.7, 0.5, 0.3, 0.1)
@@ -237,6 +238,7 @@ class Scorer:
                     cols.update(self._groundtruth(sub, rows, classes, keep, tau, batch))
                 if tau == cfg.listen_tau and len(listen) < cfg.listen:
                     listen.extend(self._listen(sub, e, keep, classes, cfg.listen - len(listen)))
+            cols.update(self._lmac(sub, e, classes, m_prob[rows]))
             sel_all.append(torch.stack(sels, 0))  # (n_tau, n, K)
             size = sub.X.numel() * 12  # X + complex phase, the bulk of what is kept
             if kept_bytes + size <= cfg.keep_bytes:
@@ -291,6 +293,34 @@ class Scorer:
             out["mask_precision_input"] = (sub.X * m).sum((1, 2)) / sub.X.sum((1, 2)).clamp_min(1e-12)
         return out
 
+    def _probs_of(self, sub: Batch, X_new: Tensor) -> Tensor:
+        """The explained model's probabilities on INV(X_new, P_x), re-analysed (as for FF);
+        ``X_new`` stacks one or more (len(sub), F, T) blocks, all in one forward pass."""
+        reps, fe = len(X_new) // len(sub), self.data.frontend
+
+        def rep(t: Tensor) -> Tensor:
+            return t.repeat(reps, *([1] * (t.dim() - 1)))
+
+        wave = fe.invert(X_new, rep(sub.phase), sub.wave.shape[-1])
+        X, phase, logmel = fe.analyze(wave)
+        return self._model_probs(Batch(wave, X, phase, logmel, rep(sub.target), rep(sub.mask),
+                                       rep(sub.index)))
+
+    def _lmac(self, sub: Batch, e, classes: Tensor, p: Tensor) -> dict[str, Tensor]:
+        """L-MAC metrics per pair (``metrics/lmac.py``): the masked-in input at the listening
+        threshold (Σ_{k∈L} X_k) and that of the soft mask, in one batched forward pass."""
+        kept = e.mixture(ffm.select_relevant(e.relevance, self.cfg.listen_tau))
+        soft_mask, soft_kept = lmm.soft_mask_of(e)
+        o, n = self._probs_of(sub, torch.cat([kept, soft_kept])), len(classes)
+        thr: float | Tensor = 0.5  # multilabel: the per-class thresholds that chose the pairs
+        if self.kind != "multiclass":
+            thr = torch.as_tensor(self.thresholds()["g" if self.explains_own_model else "f"],
+                                  dtype=p.dtype, device=p.device)
+        out = lmm.pair_values(p, o[:n], classes, lmm.mask_of(kept, sub.X), self.kind, thr)
+        out.update(lmm.pair_values(p, o[n:], classes, soft_mask, self.kind, thr,
+                                   suffix="_soft"))
+        return out
+
     def _listen(self, sub: Batch, e, keep: Tensor, classes: Tensor, n: int) -> list[dict]:
         """WAVs of the first ``n`` rows: input, interpretation x_int (``keep`` = Σ_{k∈L} X_k)
         and the three most relevant components x_k (Algorithm 1)."""
@@ -313,6 +343,14 @@ class Scorer:
                 item[f"component{int(order[j, rank])}"] = wave[j]
             out.append(item)
         return out
+
+    def pair_batches(self):
+        """(sub-batch, classes) of every explained pair, in the order of ``pairs`` (used by
+        the sanity checks to re-explain the same pairs)."""
+        for batch in self.loader:
+            rows, classes = self._pairs(self._model_probs(batch))
+            if len(rows):
+                yield self._subset(batch, rows), classes
 
     def _batches_with_pairs(self, kept: list[tuple | None]):
         """The pass-1 explanations again: kept ones as they are, the others recomputed
@@ -405,6 +443,7 @@ class Scorer:
                     m[f"threshold/g/{name}"] = float(thr["g"][c])
         if len(pairs):
             m["faithfulness/n_pairs"] = float(len(pairs))
+            m.update(lmm.summarize(pairs))
             for tau in cfg.taus:
                 ff = pairs[f"ff@{tau}"].to_numpy()
                 rnd = pairs[f"random_ff@{tau}"].to_numpy()

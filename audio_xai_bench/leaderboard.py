@@ -29,6 +29,8 @@ then by prefix rules:
   ``groundtruth/energy_precision_input_mean`` (a property of the input clips): not applicable,
   left empty (no rank).
 - ``groundtruth/si_sdri_*``, ``groundtruth/energy_precision_*``: higher is better.
+- ``lmac/*`` and ``sanity/*``: from the ``METRIC_INFO`` of ``metrics/lmac.py`` and
+  ``metrics/sanity.py`` (AD, COMP and the Spearman values lower is better; counts none).
 - ``resources/*`` (wall / fit / eval seconds, peak RSS from ``done.json``): lower is better.
 """
 from __future__ import annotations
@@ -95,10 +97,11 @@ MAIN_METRICS: list[str] = [
 
 
 def _metric_info() -> dict[str, Mapping[str, Any]]:
-    from .metrics import faithfulness, fidelity, groundtruth
+    from .metrics import faithfulness, fidelity, groundtruth, lmac, sanity
 
     return {"fidelity": fidelity.METRIC_INFO, "faithfulness": faithfulness.METRIC_INFO,
-            "groundtruth": groundtruth.METRIC_INFO}
+            "groundtruth": groundtruth.METRIC_INFO, "lmac": lmac.METRIC_INFO,
+            "sanity": sanity.METRIC_INFO}
 
 
 def _stem(name: str) -> tuple[str, str]:
@@ -124,6 +127,9 @@ def higher_is_better(name: str) -> bool | None:
         info = _metric_info()[module].get(key)
         if info is not None and group not in _HIGHER_GROUPS:
             return bool(info.higher_is_better)
+    if group in ("lmac", "sanity"):  # their own METRIC_INFO, '_soft' variants alike
+        info = _metric_info()[group].get(stem.removesuffix("_soft"))
+        return None if info is None else bool(info.higher_is_better)
     if group in _HIGHER_GROUPS:
         return True
     if stem.endswith("_p") or stem == "p":

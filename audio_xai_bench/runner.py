@@ -8,6 +8,7 @@ explainer's declared capabilities and the task's declarations.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import resource
 import time
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -47,6 +49,7 @@ class RunSpec:
     on_bad_file: str = "fail"
     classifier_weights: str | None = None
     task_options: dict[str, Any] = field(default_factory=dict)
+    sanity: str | None = None  # 'all' or comma-separated stages: run the sanity checks
 
 
 def resolve_device(name: str) -> torch.device:
@@ -268,6 +271,8 @@ def _run_cell(spec: RunSpec, task: Task, fold, seed: int, method_cls, method_cfg
                 "eval_config": eval_cfg.as_dict(), "profile": spec.profile,
                 "classifier_weights": spec.classifier_weights, "data_root": spec.data_root,
                 "task_options": spec.task_options}
+    if spec.sanity:  # only then, so that the hash of every other cell stays as it was
+        resolved["sanity"] = spec.sanity
     chash = config_hash(resolved)
     path = cell_dir(spec.out, task.name, name, fold.name, seed, chash)
     if is_done(path) and not spec.force:
@@ -297,13 +302,18 @@ def _run_cell(spec: RunSpec, task: Task, fold, seed: int, method_cls, method_cfg
     t_eval = time.time()
     result = Scorer(explainer, f, data, eval_cfg).run()
     eval_s = time.time() - t_eval
+    t_san = time.time()
+    if spec.sanity:
+        result.metrics.update(_sanity(spec.sanity, data, f, explainer, method_cls, method_cfg,
+                                      clf_cfg, eval_cfg, cache, seed, result.pairs, log))
+    sanity_s = time.time() - t_san if spec.sanity else None
     metrics = {k: float(v) for k, v in result.metrics.items()}
     config = {**resolved, "config_hash": chash, "versions": versions(), "device": str(device),
               "dictionary": dict_info, "load_report": report.as_dict(),
               "classifier": {k: v for k, v in f_info.items() if k != "history"},
               "capabilities": sorted(method_cls.capabilities)}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    done = {"wall_s": time.time() - t0, "fit_s": fit_s, "eval_s": eval_s,
+    done = {"wall_s": time.time() - t0, "fit_s": fit_s, "eval_s": eval_s, "sanity_s": sanity_s,
             "peak_rss_mb": peak, "device": str(device),
             "peak_cuda_mb": (torch.cuda.max_memory_allocated() / 2**20
                              if device.type == "cuda" else None),
@@ -315,6 +325,63 @@ def _run_cell(spec: RunSpec, task: Task, fold, seed: int, method_cls, method_cfg
                tables={"classifier_history.csv": pd.DataFrame(f_info.get("history") or [])})
     log(f"[done] {path} in {done['wall_s']:.1f} s")
     return read_cell(path)
+
+
+def _sanity(stages: str, data: TaskData, f: torch.nn.Module, explainer: Explainer, method_cls,
+            method_cfg: dict, clf_cfg: dict, eval_cfg: EvalConfig, cache: Path, seed: int,
+            pairs: pd.DataFrame, log) -> dict[str, float]:
+    """Adebayo et al. (2018) sanity checks (``metrics/sanity.py``): the method refitted
+    against f with its layers re-initialised from the top (by-design methods: its own model's
+    parameters re-initialised, no refit), and against an f trained on permuted labels (cached
+    like f); Spearman of the relevance maps of the same pairs. Adds ``sanity_*`` columns to
+    ``pairs``."""
+    from dataclasses import replace
+
+    from .metrics import sanity as san
+
+    if "explain" not in method_cls.capabilities:
+        log("[sanity] the method explains nothing: no sanity check")
+        return {}
+
+    def refit(model: torch.nn.Module | None, d: TaskData) -> Explainer:
+        torch.manual_seed(seed)
+        ex = method_cls(method_cfg, seed=seed, device=data.device)
+        ex.fit(d, model if method_cls.posthoc else None)
+        return ex
+
+    g = torch.Generator().manual_seed(seed + 4242)
+    perm = torch.randperm(len(data.train), generator=g)
+    train = replace(data.train, target=data.train.target[perm], mask=data.train.mask[perm])
+    permuted = replace(data, train=train)
+    only = None if stages == "all" else [s for s in stages.split(",") if s]
+    fitted: dict[str, Explainer] = {}
+    if method_cls.posthoc:
+        for name, model in san.cascade(f, seed, only):
+            log(f"[sanity] refitting against f randomised down to {name}")
+            fitted[f"param_rand_spearman@{name}"] = refit(model, data)
+        # f on permuted labels: a distinct cache key; the last epoch (valid labels are real)
+        f_perm, _ = get_classifier(permuted, {**clf_cfg, "select": "last",
+                                              "labels": "permuted"}, cache, seed, log=log)
+        fitted["label_rand_spearman"] = refit(f_perm, permuted)
+    else:
+        own = copy.deepcopy(explainer)
+        san.randomise_(san.explainer_modules(own), seed + 1000)
+        fitted["param_rand_spearman@all"] = own
+        log("[sanity] refitting the by-design model on permuted labels")
+        fitted["label_rand_spearman"] = refit(None, permuted)
+    cols: dict[str, list[Tensor]] = {k: [] for k in fitted}
+    scorer = Scorer(explainer, f, data, eval_cfg)
+    with torch.inference_mode():
+        for sub, classes in scorer.pair_batches():
+            ref = san.relevance_map(explainer.explain(sub, classes))
+            for key, ex in fitted.items():
+                rnd = san.relevance_map(ex.explain(sub, classes))
+                cols[key].append(san.map_similarity(ref, rnd).cpu())
+    values = {k: torch.cat(v).numpy() if v else np.zeros(0) for k, v in cols.items()}
+    for key, v in values.items():
+        if len(v) == len(pairs):
+            pairs[f"sanity_{key}"] = v
+    return san.summarize(values)
 
 
 def summarize(records: list[dict[str, Any]]) -> pd.DataFrame:
