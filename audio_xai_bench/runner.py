@@ -365,8 +365,11 @@ def _sanity(stages: str, data: TaskData, f: torch.nn.Module, explainer: Explaine
         fitted["label_rand_spearman"] = refit(f_perm, permuted)
     else:
         own = copy.deepcopy(explainer)
-        san.randomise_(san.explainer_modules(own), seed + 1000)
-        fitted["param_rand_spearman@all"] = own
+        if san.explainer_modules(own):
+            san.randomise_(san.explainer_modules(own), seed + 1000)
+            fitted["param_rand_spearman@all"] = own
+        else:
+            log("[sanity] the by-design method holds no nn.Module: no parameter randomisation")
         log("[sanity] refitting the by-design model on permuted labels")
         fitted["label_rand_spearman"] = refit(None, permuted)
     cols: dict[str, list[Tensor]] = {k: [] for k in fitted}

@@ -108,8 +108,13 @@ def randomisation_stages(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
 
 
 def randomise_(modules: Iterable[nn.Module], seed: int) -> None:
-    """Re-initialise, in place, every sub-layer that has ``reset_parameters`` (its own
-    initialiser; BatchNorm also resets its running statistics), from ``seed``."""
+    """Re-initialise, in place, every sub-layer from ``seed``: convolutions and linear layers
+    with He initialisation (``kaiming_normal_``, fan-in, ReLU gain; bias 0), every other layer
+    with its own ``reset_parameters`` (BatchNorm: weight 1, bias 0, running statistics reset).
+    He, not PyTorch's default ``kaiming_uniform_(a=√5)``: the default shrinks the variance about
+    six-fold per ReLU layer, so a Kumar network randomised below B5 outputs a constant and every
+    gradient map is empty for that reason alone (measured on synth); He keeps the signal's scale,
+    as the initialisers Adebayo et al. re-draw from were meant to."""
     modules = list(modules)
     devs = sorted({p.device.index or 0 for m in modules for p in m.parameters()
                    if p.device.type == "cuda"})
@@ -120,7 +125,11 @@ def randomise_(modules: Iterable[nn.Module], seed: int) -> None:
         with torch.no_grad():
             for m in modules:
                 for sub in m.modules():
-                    if callable(getattr(sub, "reset_parameters", None)):
+                    if isinstance(sub, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+                        nn.init.kaiming_normal_(sub.weight, nonlinearity="relu")
+                        if sub.bias is not None:
+                            nn.init.zeros_(sub.bias)
+                    elif callable(getattr(sub, "reset_parameters", None)):
                         sub.reset_parameters()
 
 
