@@ -163,17 +163,23 @@ def set_rng_state(state: dict) -> None:
 
 def fit(model: nn.Module, params: Iterable[nn.Parameter],
         loss_fn: Callable[[Batch, int], dict[str, Tensor]], loader: BatchLoader, *,
-        epochs: int, lr: float, validate: Callable[[], float] | None = None,
+        epochs: int, lr: float,
+        validate: Callable[[], float | tuple[float, float]] | None = None,
         select: str = "valid", checkpoint: str | os.PathLike | None = None,
-        desc: str = "training", lr_schedule: Callable[[int], float] | None = None
+        desc: str = "training", lr_schedule: Callable[[int], float] | None = None,
+        stop: Callable[[list[dict[str, float]]], bool] | None = None
         ) -> list[dict[str, float]]:
     """Train ``model`` with Adam over ``params`` for ``epochs`` epochs.
 
     ``loss_fn(batch, epoch)`` returns a dict with the key ``"loss"`` (the one minimised) and any
-    other scalars to log. ``validate()`` returns a score (higher is better) after each epoch;
-    with ``select='valid'`` the best epoch's weights are restored at the end, with
-    ``select='last'`` the last epoch's. Returns the per-epoch history (means of the logged
-    scalars, the validation score, the learning rate).
+    other scalars to log. ``validate()`` returns a score (higher is better) after each epoch,
+    or ``(score, loss)``: then an epoch that ties the best score replaces it when its
+    validation loss is lower (so a score that saturates, e.g. agreement 1.0, does not freeze
+    the selection at the first epoch that reaches it). With ``select='valid'`` the best
+    epoch's weights are restored at the end, with ``select='last'`` the last epoch's.
+    ``stop(history)``, checked after each epoch, ends training early when it returns True.
+    Returns the per-epoch history (means of the logged scalars, the validation score and
+    loss, the learning rate).
     """
     if select not in ("valid", "last"):
         raise ValueError(f"select must be 'valid' or 'last', not {select!r}")
@@ -182,7 +188,7 @@ def fit(model: nn.Module, params: Iterable[nn.Parameter],
     device = loader.device
     amp = device.type == "cuda"
     history: list[dict[str, float]] = []
-    best_score, best_state, start = -float("inf"), None, 0
+    best_score, best_loss, best_state, start = -float("inf"), float("inf"), None, 0
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None and ckpt.exists():
         state = load_checkpoint(ckpt)
@@ -190,6 +196,7 @@ def fit(model: nn.Module, params: Iterable[nn.Parameter],
         opt.load_state_dict(state["optim"])
         start, history = int(state["epoch"]), list(state["history"])
         best_score, best_state = float(state["best_score"]), state["best_state"]
+        best_loss = float(state.get("best_loss", float("inf")))
         loader.epoch = start
         if "rng" in state:
             set_rng_state(state["rng"])
@@ -216,17 +223,25 @@ def fit(model: nn.Module, params: Iterable[nn.Parameter],
         record["epoch"], record["lr"] = epoch + 1, lr * factor
         if validate is not None:
             model.eval()
-            score = float(validate())
+            out = validate()
+            score, vloss = (float(out[0]), float(out[1])) if isinstance(out, tuple) \
+                else (float(out), float("inf"))
             record["valid_score"] = score
-            if score > best_score:
-                best_score, best_state = score, copy.deepcopy(model.state_dict())
+            if isinstance(out, tuple):
+                record["valid_loss"] = vloss
+            if score > best_score or (score == best_score and vloss < best_loss):
+                best_score, best_loss = score, vloss
+                best_state = copy.deepcopy(model.state_dict())
         history.append(record)
         bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}",
                         **({"valid": f"{record['valid_score']:.3f}"} if validate else {}))
         if ckpt is not None:
             atomic_save({"model": model.state_dict(), "optim": opt.state_dict(),
                          "epoch": epoch + 1, "history": history, "best_score": best_score,
-                         "best_state": best_state, "rng": get_rng_state()}, ckpt)
+                         "best_loss": best_loss, "best_state": best_state,
+                         "rng": get_rng_state()}, ckpt)
+        if stop is not None and stop(history):
+            break
     if select == "valid" and best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

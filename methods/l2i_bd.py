@@ -41,7 +41,8 @@ from torch import Tensor, nn
 from audio_xai_bench.api import Batch, TaskData
 from audio_xai_bench.classifier import DEFAULTS as CLF_DEFAULTS
 from audio_xai_bench.classifier import build_classifier, probabilities
-from audio_xai_bench.methods.l2i import L2I, Interpreter, fidelity_loss, nmf_loss
+from audio_xai_bench.methods.l2i import (L2I, Interpreter, fidelity_loss, hidden_shapes,
+                                         nmf_loss, psi_width)
 from audio_xai_bench.metrics import fidelity as fid
 from audio_xai_bench.train import BatchLoader, fit
 
@@ -138,6 +139,7 @@ class L2IByDesign(JointTraining, L2I):
         "batch_size": 32, "hidden_layers": ("B4", "B5", "B6"),
         "fid_target_grad": True,     # paper: L_FID depends on V_f through f(x); False detaches
         "attention": "auto", "relevance_norm": "paper", "dropout": 0.0, "psi_width": 1.0,
+        "psi_plan": "reference",
         # f, trained jointly (classifier.DEFAULTS; 1.0 = Kumar et al.)
         "width": float(CLF_DEFAULTS["width"]), "head_mid": int(CLF_DEFAULTS["head_mid"]),
         "f_dropout": float(CLF_DEFAULTS["dropout"]),
@@ -157,10 +159,12 @@ class L2IByDesign(JointTraining, L2I):
         att = cfg["attention"]
         per_class = (task.kind == "multilabel") if att == "auto" else att == "per_class"
         self.per_class = per_class
-        self.f = self._build_f(task.num_classes)
-        chans = {n: self.f.channels[n] for n in self.layers}
-        self.net = Interpreter(chans, W, task.num_classes, self.theta, per_class,
-                               float(cfg["psi_width"]), float(cfg["dropout"]))
+        self.f = self._build_f(task.num_classes).to(self.device)
+        shapes = hidden_shapes(self.f, data.frontend.logmel(data.train.wave[:1].to(self.device)),
+                               self.layers)
+        self.net = Interpreter(shapes, W, task.num_classes, self.theta, per_class,
+                               psi_width(cfg["psi_width"], shapes), float(cfg["dropout"]),
+                               cfg["psi_plan"])
         self._fit_joint(data, f"{self.registry_name or 'l2i-bd'} f + interpreter")
 
     def loss_fn(self, batch: Batch, epoch: int) -> dict[str, Tensor]:

@@ -55,7 +55,10 @@ def test_registry_and_declarations(roots):
     assert son.kind == om.kind == "multilabel"
     assert son.official_metric == "macro_auprc" and om.official_metric == "weighted_f1"
     # paper Tables II and III
-    assert esc.method_defaults["l2i"] == {"K": 100, "alpha": 10.0, "beta": 0.8, "epochs": 35}
+    # ... and the Θ dropout of the authors' ESC-50 code (Θ_ATT 0.4, Θ_MAX 0.3)
+    assert esc.method_defaults["l2i"] == {"K": 100, "alpha": 10.0, "beta": 0.8, "epochs": 35,
+                                          "dropout": 0.4}
+    assert esc.method_defaults["l2i-max"]["dropout"] == 0.3
     assert esc.method_defaults["l2i-bd"] == {"K": 100, "gamma": 1.0, "alpha": 3.0,
                                              "beta": 0.2, "epochs": 51}
     assert son.method_defaults["l2i"] == {"K": 80, "alpha": 10.0, "beta": 0.8, "epochs": 21,
