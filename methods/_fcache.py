@@ -38,7 +38,10 @@ class FrozenOutputs:
         self.store: dict[str, Tensor | np.ndarray] = {}
         with torch.inference_mode():
             for batch in loader:  # unshuffled; every row once
-                logits, hidden = f.forward_hidden(batch.logmel)
+                if self.layers:
+                    logits, hidden = f.forward_hidden(batch.logmel)
+                else:  # logits only: any classifier with a forward
+                    logits, hidden = f(batch.logmel), {}
                 outs = {"__logits__": logits, **{k: hidden[k] for k in self.layers}}
                 if not self.store:
                     self._allocate(n, {k: v.shape[1:] for k, v in outs.items()},

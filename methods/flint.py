@@ -46,6 +46,7 @@ from audio_xai_bench.api import Batch, Explainer, TaskData
 from audio_xai_bench.settings import resolve
 from audio_xai_bench.classifier import DEFAULTS as CLF_DEFAULTS
 from audio_xai_bench.classifier import probabilities
+from audio_xai_bench.methods._fcache import FrozenOutputs
 from audio_xai_bench.methods.l2i import fidelity_loss
 from audio_xai_bench.methods.l2i_bd import JointTraining, label_loss
 from audio_xai_bench.train import BatchLoader, fit
@@ -140,6 +141,7 @@ class FLINT(Explainer):
         "K": 100, "alpha": 10.0, "gamma": 1.0, "delta": 0.2, "eta": 0.1, "epochs": 35,
         "lr": 2e-4, "batch_size": 32, "hidden_layers": ("B4", "B5", "B6"),
         "attr_mid": 64, "attr_pool": "max", "dec_channels": 16, "select": "valid",
+        "f_cache_bytes": 1e9,  # f's outputs kept in memory up to this size (else memory-mapped)
     }
     small_profile: ClassVar[dict[str, Any]] = {"K": 16, "epochs": 4, "attr_mid": 16,
                                                "dec_channels": 8, "lr": 2e-3}
@@ -195,27 +197,37 @@ class FLINT(Explainer):
             _, hid = self.f.forward_hidden(x)
         self._build(data, {n: hid[n].shape[1] for n in self.layers})
 
+        # f is frozen and the features deterministic: its outputs are computed once
+        cached = {name: FrozenOutputs(self.f, BatchLoader(split, data.frontend, 64,
+                                                          device=self.device),
+                                      self.layers, float(cfg["f_cache_bytes"]), data.cache_dir)
+                  for name, split in (("train", data.train), ("valid", data.valid))}
+
         def loss_fn(batch: Batch, epoch: int) -> dict[str, Tensor]:
-            with torch.no_grad():
-                f_logits, hidden = self.f.forward_hidden(batch.logmel)
+            f_logits, hidden = cached["train"](batch.index)
             total, logs = self.interpreter_losses(batch, f_logits, hidden)
             return {"loss": total, **logs}
 
         loader = BatchLoader(data.train, data.frontend, int(cfg["batch_size"]), shuffle=True,
                              seed=self.seed, device=self.device)
         valid = BatchLoader(data.valid, data.frontend, 64, device=self.device)
-        self.history = fit(self.net, self.net.parameters(), loss_fn, loader,
-                           epochs=int(cfg["epochs"]), lr=float(cfg["lr"]),
-                           validate=lambda: self._valid_score(valid), select=cfg["select"],
-                           desc=f"{self.registry_name or 'flint'} interpreter")
+        try:
+            self.history = fit(self.net, self.net.parameters(), loss_fn, loader,
+                               epochs=int(cfg["epochs"]), lr=float(cfg["lr"]),
+                               validate=lambda: self._valid_score(valid, cached["valid"]),
+                               select=cfg["select"],
+                               desc=f"{self.registry_name or 'flint'} interpreter")
+        finally:
+            for c in cached.values():
+                c.close()
 
     @torch.inference_mode()
-    def _valid_score(self, loader: BatchLoader) -> float:
+    def _valid_score(self, loader: BatchLoader, cached: FrozenOutputs) -> float:
         """Top-1 agreement with f (multi-class) or −L_of (multi-label)."""
         score, n = 0.0, 0
         for batch in loader:
-            f_logits, _ = self.f.forward_hidden(batch.logmel)
-            logits = self._logits(batch)
+            f_logits, hidden = cached(batch.index)
+            logits = self.net.head(self.net.phi({k: hidden[k] for k in self.layers}))
             if self.kind == "multiclass":
                 score += float((logits.argmax(-1) == f_logits.argmax(-1)).sum())
             else:

@@ -38,6 +38,7 @@ from audio_xai_bench.api import (Batch, Explainer, SegmentExplanation, TaskData,
                                  normalise_relevance)
 from audio_xai_bench.train import BatchLoader, fit
 
+from ._fcache import FrozenOutputs
 from ._regions import RegionMethod, RegionGrid, mask_logmel
 
 
@@ -118,6 +119,7 @@ class VIBI(RegionMethod, Explainer):
         "lr": 1e-3, "batch_size": 32, "width": 8, "dropout": 0.2,
         "relevance_norm": "paper",
         "select": "valid",
+        "f_cache_bytes": 1e9,  # f's logits kept in memory up to this size (else memory-mapped)
     }
     small_profile: ClassVar[dict[str, Any]] = {"epochs": 3, "width": 4}
 
@@ -133,11 +135,12 @@ class VIBI(RegionMethod, Explainer):
         loader = BatchLoader(data.train, data.frontend, int(cfg["batch_size"]), shuffle=True,
                              seed=self.seed, device=self.device)
         valid = BatchLoader(data.valid, data.frontend, 64, device=self.device)
-        # f's outputs on the training clips, once (f is frozen)
-        f_train = torch.zeros(len(data.train), data.task.num_classes, device=self.device)
-        with torch.no_grad():
-            for batch in BatchLoader(data.train, data.frontend, 64, device=self.device):
-                f_train[batch.index] = self.f(batch.logmel).float()
+        # f's outputs on the training and validation clips, once (f is frozen)
+        budget = float(cfg["f_cache_bytes"])
+        f_train, f_valid = (FrozenOutputs(self.f, BatchLoader(split, data.frontend, 64,
+                                                              device=self.device),
+                                          (), budget, data.cache_dir)
+                            for split in (data.train, data.valid))
         D = self.grid(data.frontend.config.n_frames).K
         if not 1 <= self.k <= D:
             raise ValueError(f"VIBI: k={self.k} must be in [1, {D}] (the number of chunks)")
@@ -146,7 +149,7 @@ class VIBI(RegionMethod, Explainer):
 
         def loss_fn(batch: Batch, epoch: int) -> dict[str, Tensor]:
             grid = self.grid(batch.logmel.shape[2])
-            f_logits = f_train[batch.index]
+            f_logits = f_train(batch.index)[0]
             logp = self.net.explainer(batch.logmel, grid)
             z = relaxed_topk(logp, self.k, tau)
             logits = self.net.approximator(mask_logmel(batch.logmel, grid.expand_logmel(z)))
@@ -159,10 +162,14 @@ class VIBI(RegionMethod, Explainer):
             l_info = self.k * (math.exp(log_u) * (log_u - logp)).sum(-1).mean()
             return {"loss": l_cls + beta * l_info, "class": l_cls, "info": l_info}
 
-        self.history = fit(self.net, self.net.parameters(), loss_fn, loader,
-                           epochs=int(cfg["epochs"]), lr=float(cfg["lr"]),
-                           validate=lambda: self._agreement(valid), select=cfg["select"],
-                           desc="vibi")
+        try:
+            self.history = fit(self.net, self.net.parameters(), loss_fn, loader,
+                               epochs=int(cfg["epochs"]), lr=float(cfg["lr"]),
+                               validate=lambda: self._agreement(valid, f_valid),
+                               select=cfg["select"], desc="vibi")
+        finally:
+            f_train.close()
+            f_valid.close()
 
 
     # -- internals -------------------------------------------------------------------------
@@ -179,10 +186,10 @@ class VIBI(RegionMethod, Explainer):
         return self.net.approximator(mask_logmel(batch.logmel, gate))
 
     @torch.inference_mode()
-    def _agreement(self, loader: BatchLoader) -> float:
+    def _agreement(self, loader: BatchLoader, f_valid: FrozenOutputs) -> float:
         hits, total = 0.0, 0
         for batch in loader:
-            f_logits = self.f(batch.logmel)
+            f_logits = f_valid(batch.index)[0]
             logits = self._surrogate_logits(batch)
             if self.kind == "multiclass":
                 hits += float((logits.argmax(-1) == f_logits.argmax(-1)).sum())

@@ -297,3 +297,39 @@ def test_early_stop_rule():
     assert not plateaued(h[:3], 2)  # epoch 2 improved both
     h.append({"valid_score": 0.8, "nmf": 0.7})
     assert not plateaued(h, 2)      # the NMF loss still falls
+
+
+# ------------------------------------------------------------------------------ f's outputs
+def test_frozen_outputs_in_memory_and_memory_mapped(tmp_path):
+    """f's logits and maps looked up by row equal f's forward pass on those rows, in memory
+    and (budget 0) from a memory-mapped file under the cache dir that close() removes."""
+    from audio_xai_bench.api import SplitData
+    from audio_xai_bench.audio import Frontend
+    from audio_xai_bench.methods._fcache import FrozenOutputs
+    from audio_xai_bench.tasks.synth import SynthTask
+    from audio_xai_bench.train import BatchLoader
+    fe = SynthTask(profile="small").frontend
+    g = torch.Generator().manual_seed(0)
+    n = 10
+    split = SplitData(ids=[str(i) for i in range(n)], wave=0.1 * torch.randn(n, fe.clip_samples,
+                                                                           generator=g),
+                      target=torch.zeros(n, 3), mask=torch.ones(n, 3, dtype=torch.bool))
+    torch.manual_seed(0)
+    f = build_classifier(3, {"width": 0.125, "head_mid": 8, "dropout": 0.0}).eval()
+    loader = BatchLoader(split, Frontend(fe), 4)
+    layers = ("B4", "B6")
+    ram = FrozenOutputs(f, loader, layers)
+    disk = FrozenOutputs(f, loader, layers, budget_bytes=0, cache_dir=str(tmp_path))
+    assert ram.in_memory and not disk.in_memory
+    assert len(list((tmp_path / "f_outputs").iterdir())) == 1
+    idx = torch.tensor([7, 2, 9, 0])
+    batch = loader.batch(idx)
+    with torch.no_grad():
+        logits, hidden = f.forward_hidden(batch.logmel)
+    for store in (ram, disk):
+        got_logits, got = store(idx)
+        assert torch.allclose(got_logits, logits, atol=1e-5)
+        assert set(got) == set(layers)
+        assert all(torch.allclose(got[k], hidden[k], atol=1e-5) for k in layers)
+    disk.close()
+    assert list((tmp_path / "f_outputs").iterdir()) == []
