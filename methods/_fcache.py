@@ -36,7 +36,7 @@ class FrozenOutputs:
         self._file: str | None = None
         n = len(loader.split)
         self.store: dict[str, Tensor | np.ndarray] = {}
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: the stored tensors feed autograd graphs
             for batch in loader:  # unshuffled; every row once
                 if self.layers:
                     logits, hidden = f.forward_hidden(batch.logmel)
