@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audio_xai_bench.api import Batch, Explainer, TaskData
-from audio_xai_bench.settings import resolve
+from audio_xai_bench.settings import Rule, resolve
 from audio_xai_bench.classifier import DEFAULTS as CLF_DEFAULTS
 from audio_xai_bench.classifier import probabilities
 from audio_xai_bench.methods._fcache import FrozenOutputs
@@ -143,6 +143,8 @@ class FLINT(Explainer):
         "attr_mid": 64, "attr_pool": "max", "dec_channels": 16, "select": "valid",
         "f_cache_bytes": 1e9,  # f's outputs kept in memory up to this size (else memory-mapped)
     }
+    setting_rules: ClassVar[dict[str, Any]] = {
+        "f_cache_bytes": Rule(ge=0, doc="f's outputs kept in memory up to this, else mmap")}
     small_profile: ClassVar[dict[str, Any]] = {"K": 16, "epochs": 4, "attr_mid": 16,
                                                "dec_channels": 8, "lr": 2e-3}
 

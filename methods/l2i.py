@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from audio_xai_bench.api import (Batch, Explainer, FactorExplanation, TaskData,
                                  normalise_relevance)
 from audio_xai_bench.methods._fcache import FrozenOutputs
+from audio_xai_bench.settings import Rule
 from audio_xai_bench.train import BatchLoader, fit
 
 
@@ -203,10 +204,10 @@ def hidden_shapes(f: nn.Module, logmel: Tensor, layers: tuple[str, ...]
 
 
 def psi_width(setting: Any, shapes: dict[str, tuple[int, int]]) -> float:
-    """Ψ's channel multiplier: a number, or 'auto' = the deepest map's channels over the
+    """Ψ's channel multiplier: a number, or 'auto' (None) = the deepest map's channels over the
     reference's 512 (f's own width multiplier for the Kumar CNN), capped at 1.0 (the
     paper's Ψ for the paper's f)."""
-    if setting == "auto":
+    if setting is None or setting == "auto":
         return min(1.0, list(shapes.values())[-1][0] / 512)
     return float(setting)
 
@@ -254,7 +255,7 @@ class L2I(Explainer):
         "attention": "auto",         # 'auto' = per_class for multilabel (paper), 'shared' (code)
         "relevance_norm": "paper",   # 'paper' max|v| or 'code' signed max
         "dropout": 0.0,              # Θ's dropout; ESC-50 sets the authors' 0.4 / 0.3
-        "psi_width": "auto",         # Ψ channels × this; 'auto' follows f's width
+        "psi_width": None,           # Ψ channels × this; None / 'auto' follows f's width
         "psi_plan": "reference",     # 'reference' (authors' layer plan) or 'resample'
         "f_cache_bytes": 1e9,        # f's outputs on the training split kept in memory up to
                                      # this size, else in a memory-mapped file (cache dir)
@@ -264,6 +265,13 @@ class L2I(Explainer):
     }
     small_profile: ClassVar[dict[str, Any]] = {"K": 16, "epochs": 4, "psi_width": 0.125,
                                                "nmf_iter": 30, "lr": 2e-3}
+    setting_rules: ClassVar[dict[str, Any]] = {
+        "psi_width": Rule(gt=0, choices=("auto",),
+                          doc="Ψ channel multiplier; auto (unset) = f's width, at most 1"),
+        "psi_plan": Rule(choices=PSI_PLANS, doc="Ψ layer plan: the authors' or resampled"),
+        "early_stop": Rule(ge=0, doc="patience in epochs; 0 = the paper's fixed epochs"),
+        "f_cache_bytes": Rule(ge=0, doc="f's outputs kept in memory up to this, else mmap"),
+    }
 
     def loss_weights(self, epoch: int) -> tuple[float, float, float]:
         """(λ_fid, λ_rec, λ_spa) at 0-based ``epoch``: the code's schedule (λ_fid 0.5 before

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from audio_xai_bench.api import (Batch, Explainer, SegmentExplanation, TaskData,
                                  normalise_relevance)
+from audio_xai_bench.settings import Rule
 from audio_xai_bench.train import BatchLoader, fit
 
 from ._fcache import FrozenOutputs
@@ -121,6 +122,8 @@ class VIBI(RegionMethod, Explainer):
         "select": "valid",
         "f_cache_bytes": 1e9,  # f's logits kept in memory up to this size (else memory-mapped)
     }
+    setting_rules: ClassVar[dict[str, Any]] = {
+        "f_cache_bytes": Rule(ge=0, doc="f's logits kept in memory up to this, else mmap")}
     small_profile: ClassVar[dict[str, Any]] = {"epochs": 3, "width": 4}
 
     def fit(self, data: TaskData, classifier: nn.Module | None) -> None:

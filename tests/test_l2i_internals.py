@@ -240,7 +240,11 @@ def test_psi_width_follows_f_and_resample_plan():
     shapes = {"B4": (32, 8), "B5": (64, 4), "B6": (128, 2)}  # synth f: width 0.25, 64 mels
     assert psi_width("auto", shapes) == 0.25
     assert psi_width("auto", {"a": (1, 1), "b": (1, 1), "c": (4096, 1)}) == 1.0
-    assert psi_width(0.5, shapes) == 0.5
+    assert psi_width(0.5, shapes) == 0.5 and psi_width(None, shapes) == 0.25
+    resolve = lambda v: L2I.resolve_config(None, "default", {"psi_width": v})["psi_width"]  # noqa: E731
+    assert L2I.defaults["psi_width"] is None and resolve("0.5") == 0.5 and resolve("auto") == "auto"
+    with pytest.raises(KeyError, match="psi_width"):
+        resolve("wide")
     small = Psi(shapes, K=10, width=0.25)
     assert small.b5[0].out_channels == 64 and small.b6[0].out_channels == 32
     with pytest.raises(ValueError, match="resample"):
