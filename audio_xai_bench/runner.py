@@ -187,14 +187,17 @@ def get_dictionary(data: TaskData, k: int, seed: int, cache: Path, method_cfg: d
         state = load_checkpoint(path)
         return state["W"].to(data.device), {**state["info"], "cached": True}
     log(f"learning the NMF dictionary (K={k}) for {task.name} fold {data.fold}")
+    # the task says which splits its recipe reads (ESC-50: train + valid, the paper's 1600 clips)
+    splits = [getattr(data, s) for s in getattr(task, "dictionary_splits", ("train",))]
     X = []
-    loader = BatchLoader(data.train, data.frontend, 64, device=data.device)
     with torch.inference_mode():
-        for batch in loader:
-            X.append(batch.X)
+        for split in splits:
+            for batch in BatchLoader(split, data.frontend, 64, device=data.device):
+                X.append(batch.X)
     train_X = torch.cat(X)
-    W, info = task.dictionary_recipe(train_X, data.train.target.to(data.device), k, seed=seed,
-                                     mu=mu, n_iter=n_iter)
+    del X
+    target = torch.cat([s.target for s in splits]).to(data.device)
+    W, info = task.dictionary_recipe(train_X, target, k, seed=seed, mu=mu, n_iter=n_iter)
     info = {**info, "K": int(W.shape[1]), "mu": mu, "n_iter": n_iter}
     atomic_save({"W": W.cpu(), "info": info}, path)
     return W.to(data.device), info

@@ -6,19 +6,30 @@
 
 Multiclass, five pre-arranged folds (all fragments of one source recording share a fold).
 Fold ``k`` (``"1"`` .. ``"5"``): test = the clips of official fold k; valid = a seeded, class-
-stratified ~1/8 of the clips of the other four folds (seed = the task seed, salted with k);
-train = the rest. The authors' code has no validation split (it keeps the epoch with the best
+stratified ~1/8 of the clips of the other four folds (seed = the task seed, salted with k),
+**grouped by ``src_file``**: all fragments of one source recording go to the same side, so no
+recording is in both train and validation (fragments of one recording are near-duplicates, and
+splitting them would make model selection optimistic); train = the rest. The authors' code has no validation split (it keeps the epoch with the best
 test score); the suite never selects on the test fold (DESIGN "Protocol decisions").
 
 Classes are ordered by ``target`` (class index i = the i-th smallest target, which is the target
 itself for the full data set); ``category`` gives the names. ``esc10`` keeps the rows whose
 ``esc10`` column is True and re-indexes their targets to 0..9 in the same order.
 
-Dictionary recipe (paper IV-B3): one sparse NMF on the log-magnitude frames of all training
-clips of the fold (the ``Task`` default).
+Dictionary recipe (paper IV-B3: "concatenating the log-magnitude spectrograms corresponding to
+each sample in the training data of the cross-validation fold (1600 samples for each fold)"):
+one sparse NMF on the frames of **all non-test clips of the fold, the validation part included**
+(the paper has no validation split, so its 1600 training clips are our train + valid; the
+dictionary is unsupervised and never sees the test fold), with **no frame cap** by default:
+1600 clips x 431 frames = 689,600 frames of 513 bins, 1.41 GB in float32; the NMF then holds
+V plus three K x N matrices (H, W^T V and one work matrix, 0.28 GB each at K = 100), about
+2.3 GB, and the runner's (B, F, T) copy of the clips another 1.4 GB. Option
+``dict_max_frames=N`` caps the frames (a seeded random subset, recorded in config.json) where
+memory is short.
 
 Options: ``valid_fraction`` (default 0.125), ``max_clips`` (cap per split; the ``small``
-profile caps train/valid/test at 200/50/100 clips, drawn at random with the task seed).
+profile caps train/valid/test at 200/50/100 clips, drawn at random with the task seed),
+``dict_max_frames`` (default none = all frames, the paper's recipe).
 """
 from __future__ import annotations
 
@@ -46,6 +57,55 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "l2i-max": {**_POSTHOC, "dropout": 0.3},  # Θ_MAX dropout of the authors' ESC-50 code
     "l2i-bd": {"K": 100, "gamma": 1.0, "alpha": 3.0, "beta": 0.2, "epochs": 51},
 }
+
+
+def grouped_stratified_holdout(labels: np.ndarray, groups: np.ndarray, fraction: float,
+                               rng: np.random.Generator) -> np.ndarray:
+    """Boolean mask of a held-out subset of at most round(n * fraction) rows, stratified by
+    ``labels`` and made of whole ``groups`` (ESC-50's ``src_file``: a group is never split).
+
+    A group belongs to the class of most of its rows. Each class's groups are shuffled; the last
+    one always stays in train (a class never gives all its clips). Then, repeatedly, the class
+    furthest below its share (n_c * fraction - rows taken; ties at random) gives its next group
+    that still fits in the total; this stops when no group fits. If nothing fits at all, the
+    smallest eligible group is held out (a non-empty validation set when one is possible).
+    """
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    out = np.zeros(len(labels), bool)
+    if len(labels) < 2 or fraction <= 0:
+        return out
+    total = max(1, int(round(len(labels) * fraction)))
+    uniq, inv = np.unique(groups, return_inverse=True)
+    size = np.bincount(inv, minlength=len(uniq))
+    glabel = np.array([np.bincount(labels[inv == g]).argmax() for g in range(len(uniq))])
+    queue = {}
+    for c in np.unique(glabel):
+        gs = rng.permutation(np.flatnonzero(glabel == c))
+        queue[c] = list(gs[:-1])  # the last group stays in train
+    share = {c: (labels == c).sum() * fraction for c in queue}
+    taken_c = {c: 0 for c in queue}
+    taken, n = [], 0
+    while True:
+        order = sorted(queue, key=lambda c: (-(share[c] - taken_c[c]), rng.random()))
+        pick = None
+        for c in order:
+            fit = [g for g in queue[c] if n + size[g] <= total]
+            if fit:
+                pick = (c, fit[0])
+                break
+        if pick is None:
+            break
+        c, g = pick
+        queue[c].remove(g)
+        taken.append(g)
+        taken_c[c] += int(size[g])
+        n += int(size[g])
+    if not taken:
+        eligible = [g for gs in queue.values() for g in gs]
+        if eligible:
+            taken = [min(eligible, key=lambda g: size[g])]
+    out[np.isin(inv, taken)] = True
+    return out
 
 
 def _as_bool(v: Any) -> bool:
@@ -80,6 +140,11 @@ class ESC50Task(Task):
         super().__init__(data_root, profile, seed, **options)
         self.frontend = FrontendConfig(44100, 1024, 512, 128, clip_seconds=5.0)
         self.valid_fraction = float(options.get("valid_fraction", 0.125))
+        cap = options.get("dict_max_frames")
+        self.dict_max_frames = None if cap in (None, "", "none", "None") else int(cap)
+        if self.dict_max_frames is not None and self.dict_max_frames < 1:
+            raise ValueError(f"task option dict_max_frames must be a positive integer or none, "
+                             f"got {cap!r}")
         self._meta = None
 
     # metadata ----------------------------------------------------------------------------
@@ -178,7 +243,9 @@ class ESC50Task(Task):
                                        "meta/esc50.csv")
         rest = np.flatnonzero(df["fold"].to_numpy() != k)
         rng = L.rng_for(self.seed, k)
-        hold = L.stratified_holdout(df["label"].to_numpy()[rest], self.valid_fraction, rng)
+        hold = grouped_stratified_holdout(df["label"].to_numpy()[rest],
+                                          df["src_file"].astype(str).to_numpy()[rest],
+                                          self.valid_fraction, rng)
         valid_idx, train_idx = rest[hold], rest[~hold]
         caps = {s: L.profile_cap(self.profile, self.options, s) for s in ("train", "valid", "test")}
         train_idx = L.cap_indices(train_idx, caps["train"], rng)
@@ -189,10 +256,28 @@ class ESC50Task(Task):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d.update({"valid_fraction": self.valid_fraction,
+        d.update({"valid_fraction": self.valid_fraction, "dict_max_frames": self.dict_max_frames,
                   "split_rule": "test = official fold k; valid = seeded class-stratified "
-                                "fraction of the other folds; train = the rest"})
+                                "fraction of the other folds grouped by src_file; train = the rest"})
         return d
+
+    # dictionary ---------------------------------------------------------------------------
+    #: the runner learns the dictionary on these splits (paper IV-B3: all 1600 training clips)
+    dictionary_splits: ClassVar[tuple[str, ...]] = ("train", "valid")
+
+    def dictionary_recipe(self, train_X, train_target, k: int, seed: int = 0, mu: float = 0.8,
+                          n_iter: int = 100):
+        """Paper IV-B3, ESC-50: one sparse NMF on the frames of all clips given (the runner
+        passes train + valid, see ``dictionary_splits``), capped at ``dict_max_frames`` only
+        when that option is set."""
+        from audio_xai_bench import nmf
+
+        frames = train_X.permute(1, 0, 2).reshape(train_X.shape[1], -1)
+        cap = self.dict_max_frames if self.dict_max_frames is not None else frames.shape[1]
+        frames, info = nmf.subsample_frames(frames, max_frames=cap, seed=seed)
+        W, _ = nmf.sparse_nmf(frames, k, mu=mu, n_iter=n_iter, seed=seed)
+        return W, {"recipe": "all training clips", "clips": int(train_X.shape[0]),
+                   "max_frames": self.dict_max_frames, **info}
 
 
 class ESC10Task(ESC50Task):
