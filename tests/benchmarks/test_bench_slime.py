@@ -15,10 +15,15 @@ perturbation samples per clip, explaining one class per clip.
   time in numpy, calls ``classifier_fn`` (log-mel + f) on batches of ``batch_size`` (lime's
   default 10, and also N = one call per clip), then fits ``LimeBase`` (cosine distances, kernel,
   scikit-learn Ridge), one clip at a time.
-- ours: ``SLIME.explain`` on the clips as one batch (perturbations built on the fly from the
-  segment map, ``chunk`` = 256 perturbed inputs per forward pass, closed-form batched ridge).
+- ours: ``SLIME.explain`` on the clips as one batch with its defaults (perturbed log-mel from
+  the per-band mel contributions, inference copy of f, ``chunk`` = 64 perturbed inputs per
+  forward pass, closed-form batched ridge).
+- ours before issue 14: the previous path, kept here as the reference for the before/after
+  ratio (perturbed magnitude -> ``logmel_of_masked``, the plain f, chunks of 256).
 
-Timings are the min over ROUNDS; the printed ratios are lime time / our time.
+Timings are the min over ROUNDS of each, measured interleaved in one run (the machine is
+shared); the printed ratios are lime time / our time, with their range over the rounds
+(round i of lime against round i of ours).
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ from audio_xai_bench.audio import Frontend
 from audio_xai_bench.classifier import KumarCNN, probabilities
 from audio_xai_bench.methods.slime import SLIME
 
-CLIPS, N, ROUNDS = 4, 200, 2
+CLIPS, N, ROUNDS = 4, 200, 3
 THREADS = int(os.environ.get("SLIME_BENCH_THREADS", "0"))
 
 
@@ -63,7 +68,7 @@ def setup():
                   torch.ones(CLIPS, 8, dtype=torch.bool), torch.arange(CLIPS))
     with torch.inference_mode():
         classes = f(logmel).argmax(1)
-    ex = SLIME({**SLIME.defaults, "n_samples": N, "chunk": 256}, seed=0)
+    ex = SLIME({**SLIME.defaults, "n_samples": N}, seed=0)
     ex.fit(_Data(fe), f)
     return fe, f, batch, classes, ex
 
@@ -96,22 +101,52 @@ def _ours(ex, batch, classes):
         return ex.explain(batch, classes)
 
 
+def _ours_before(ex, batch, classes):
+    """The path before issue 14: masked magnitude -> log-mel per perturbation, plain f, 256."""
+    from audio_xai_bench.methods._regions import logmel_of_masked
+    from audio_xai_bench.methods.slime import lime_kernel, sample_masks, weighted_ridge
+
+    with torch.inference_mode():
+        grid = ex.grid(batch.X.shape[-1])
+        Z = sample_masks(batch.index, grid.K, N, ex.seed)
+        seg = grid.segments(1)[0]
+        flat = Z.reshape(-1, grid.K)
+        rows = torch.arange(CLIPS).repeat_interleave(N)
+        outs = []
+        for i in range(0, len(flat), 256):
+            lm = logmel_of_masked(ex.frontend, batch.X[rows[i:i + 256]], flat[i:i + 256][:, seg])
+            outs.append(ex.model_outputs(lm).float())
+        out = torch.cat(outs).view(CLIPS, N, -1)
+        y = out[torch.arange(CLIPS), :, classes]
+        from audio_xai_bench.methods.slime import cosine_distance_to_ones
+        w = lime_kernel(cosine_distance_to_ones(Z), 0.25)
+        return weighted_ridge(Z, y, w, 1.0)[0]
+
 
 def test_bench_slime_vs_lime(benchmark, setup):
     fe, f, batch, classes, ex = setup
-    _ours(ex, batch, classes)  # warm-up
-    t_lime10 = best_of(lambda: _lime_path(fe, f, batch, classes, ex, 10), ROUNDS)
-    t_lime_n = best_of(lambda: _lime_path(fe, f, batch, classes, ex, N), ROUNDS)
-    benchmark.pedantic(lambda: _ours(ex, batch, classes), rounds=ROUNDS, iterations=1)
-    t_ours = benchmark.stats.stats.min
+    r_new = _ours(ex, batch, classes).relevance  # warm-up, and the same answer as before
+    coef = _ours_before(ex, batch, classes)
+    torch.testing.assert_close(r_new, coef.float() / coef.abs().amax(1, keepdim=True).float(),
+                               atol=1e-3, rtol=0)
+    times = {"lime10": [], "limeN": [], "before": [], "ours": []}
+    fns = {"lime10": lambda: _lime_path(fe, f, batch, classes, ex, 10),
+           "limeN": lambda: _lime_path(fe, f, batch, classes, ex, N),
+           "before": lambda: _ours_before(ex, batch, classes),
+           "ours": lambda: _ours(ex, batch, classes)}
+    for _ in range(ROUNDS):  # interleaved: each round measures all four under the same load
+        for k, fn in fns.items():
+            times[k].append(best_of(fn, 1))
+    benchmark.pedantic(lambda: _ours(ex, batch, classes), rounds=1, iterations=1)
+    t = {k: min(v) for k, v in times.items()}
     print(f"\nSLIME benchmark: {CLIPS} clips x {N} samples, K = 20, torch threads "
-          f"{torch.get_num_threads()}")
-    print(f"  lime path (classifier_fn batch 10): {t_lime10:8.2f} s  "
-          f"({t_lime10 / (CLIPS * N) * 1e3:.2f} ms/sample)")
-    print(f"  lime path (classifier_fn batch {N}): {t_lime_n:8.2f} s  "
-          f"({t_lime_n / (CLIPS * N) * 1e3:.2f} ms/sample)")
-    print(f"  ours (batched, chunk 256):          {t_ours:8.2f} s  "
-          f"({t_ours / (CLIPS * N) * 1e3:.2f} ms/sample)")
-    print(f"  speed-up vs lime batch 10: {t_lime10 / t_ours:.2f}x, "
-          f"vs lime batch {N}: {t_lime_n / t_ours:.2f}x")
-    assert t_ours > 0
+          f"{torch.get_num_threads()}, {ROUNDS} interleaved rounds (min; ratio range over rounds)")
+    for k, label in (("lime10", "lime path (classifier_fn batch 10)"),
+                     ("limeN", f"lime path (classifier_fn batch {N})"),
+                     ("before", "ours before (magnitude masks, chunk 256)"),
+                     ("ours", "ours (mel contributions, f copy, chunk 64)")):
+        print(f"  {label:<44} {t[k]:7.2f} s  ({t[k] / (CLIPS * N) * 1e3:.2f} ms/sample)")
+    for k in ("lime10", "limeN", "before"):
+        r = [a / b for a, b in zip(times[k], times["ours"])]
+        print(f"  speed-up vs {k:<7}: {t[k] / t['ours']:.2f}x (min/min), rounds {min(r):.2f}-{max(r):.2f}x")
+    assert t["ours"] > 0

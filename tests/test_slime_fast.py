@@ -1,0 +1,54 @@
+"""SLIME's exact fast path: perturbed log-mel from per-band mel contributions, and the
+inference copy of f (issue 14 item 3)."""
+from __future__ import annotations
+
+import torch
+
+from audio_xai_bench.api import FrontendConfig
+from audio_xai_bench.audio import Frontend
+from audio_xai_bench.classifier import KumarCNN
+from audio_xai_bench.methods import _regions, slime
+
+FE_CFG = FrontendConfig(sample_rate=16000, n_fft=512, hop_length=256, n_mels=32, clip_seconds=1.0)
+
+
+def test_perturbed_logmel_equals_masked_magnitude_logmel():
+    fe = Frontend(FE_CFG)
+    g = torch.Generator().manual_seed(0)
+    wave = torch.randn(3, FE_CFG.clip_samples, generator=g) * 0.1
+    wave[1, : FE_CFG.clip_samples // 2] *= 30.0  # a loud half: the top_db clip matters
+    X, _, logmel = fe.analyze(wave)
+    for n_freq, n_time in ((4, 5), (1, 20), (20, 1)):
+        grid = _regions.grid_for(fe, X.shape[-1], n_freq, n_time)
+        P = slime.segment_mel_contributions(fe, X, grid)
+        z = torch.randint(0, 2, (3, grid.K), generator=g).float()
+        z[0] = 1.0  # all on: the clip's own log-mel
+        seg = grid.segments(1)[0]
+        ref = _regions.logmel_of_masked(fe, X, z[:, seg])
+        got = slime.perturbed_logmel(fe, P, z, grid)
+        assert got.shape == ref.shape == logmel.shape
+        torch.testing.assert_close(got, ref, atol=1e-3, rtol=0)  # dB: float summation order
+        torch.testing.assert_close(got[0], logmel[0], atol=1e-3, rtol=0)
+        # the clip switched off entirely sits at the amin floor
+        off = slime.perturbed_logmel(fe, P, torch.zeros(3, grid.K), grid)
+        assert torch.all(off == -100.0)
+
+
+def test_inference_copy_is_the_same_function_and_leaves_f_alone():
+    torch.manual_seed(0)
+    f = KumarCNN(5, width=0.125, head_mid=32).eval()
+    for m in f.modules():  # non-trivial BN statistics, so that folding does something
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    before = {k: v.clone() for k, v in f.state_dict().items()}
+    fast = slime.inference_copy(f)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert n_bn == 0 and sum(isinstance(m, torch.nn.BatchNorm2d) for m in f.modules()) > 0
+    x = torch.randn(6, 1, 64, 64) * 10 - 30
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), f(x),
+                                   atol=1e-4, rtol=1e-4)
+    assert all(torch.equal(before[k], v) for k, v in f.state_dict().items())
