@@ -25,12 +25,12 @@ def test_perturbed_logmel_equals_masked_magnitude_logmel():
         z[0] = 1.0  # all on: the clip's own log-mel
         seg = grid.segments(1)[0]
         ref = _regions.logmel_of_masked(fe, X, z[:, seg])
-        got = slime.perturbed_logmel(fe, P, z, grid)
+        got = torch.cat([slime.perturbed_logmel(fe, P[u], z[u:u + 1], grid) for u in range(3)])
         assert got.shape == ref.shape == logmel.shape
         torch.testing.assert_close(got, ref, atol=1e-3, rtol=0)  # dB: float summation order
         torch.testing.assert_close(got[0], logmel[0], atol=1e-3, rtol=0)
         # the clip switched off entirely sits at the amin floor
-        off = slime.perturbed_logmel(fe, P, torch.zeros(3, grid.K), grid)
+        off = slime.perturbed_logmel(fe, P[1], torch.zeros(3, grid.K), grid)
         assert torch.all(off == -100.0)
 
 

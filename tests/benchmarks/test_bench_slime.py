@@ -16,7 +16,7 @@ perturbation samples per clip, explaining one class per clip.
   default 10, and also N = one call per clip), then fits ``LimeBase`` (cosine distances, kernel,
   scikit-learn Ridge), one clip at a time.
 - ours: ``SLIME.explain`` on the clips as one batch with its defaults (perturbed log-mel from
-  the per-band mel contributions, inference copy of f, ``chunk`` = 64 perturbed inputs per
+  the per-band mel contributions, inference copy of f, ``chunk`` = 32 perturbed inputs per
   forward pass, closed-form batched ridge).
 - ours before issue 14: the previous path, kept here as the reference for the before/after
   ratio (perturbed magnitude -> ``logmel_of_masked``, the plain f, chunks of 256).
@@ -144,7 +144,7 @@ def test_bench_slime_vs_lime(benchmark, setup):
     for k, label in (("lime10", "lime path (classifier_fn batch 10)"),
                      ("limeN", f"lime path (classifier_fn batch {N})"),
                      ("before", "ours before (magnitude masks, chunk 256)"),
-                     ("ours", "ours (mel contributions, f copy, chunk 64)")):
+                     ("ours", "ours (mel contributions, f copy, chunk 32)")):
         print(f"  {label:<44} {t[k]:7.2f} s  ({t[k] / (CLIPS * N) * 1e3:.2f} ms/sample)")
     for k in ("lime10", "limeN", "before"):
         r = [a / b for a, b in zip(times[k], times["ours"])]
