@@ -180,8 +180,11 @@ def get_dictionary(data: TaskData, k: int, seed: int, cache: Path, method_cfg: d
     """The task's NMF dictionary (paper IV-B3) for this fold, cached."""
     task = data.task
     mu, n_iter = float(method_cfg.get("nmf_mu", 0.8)), int(method_cfg.get("nmf_iter", 100))
+    from . import nmf
+
     key = config_hash({"task": task.describe(), "k": k, "mu": mu, "iter": n_iter,
-                       "ids": _ids_digest(data), "seed": seed})
+                       "ids": _ids_digest(data), "seed": seed, "solver": nmf.DEFAULT_SOLVER,
+                       "splits": list(getattr(task, "dictionary_splits", ("train",)))})
     path = cache / "dictionaries" / task.name / f"{data.fold}-{seed}-K{k}-{key}.pt"
     if path.exists():
         state = load_checkpoint(path)
@@ -198,7 +201,7 @@ def get_dictionary(data: TaskData, k: int, seed: int, cache: Path, method_cfg: d
     del X
     target = torch.cat([s.target for s in splits]).to(data.device)
     W, info = task.dictionary_recipe(train_X, target, k, seed=seed, mu=mu, n_iter=n_iter)
-    info = {**info, "K": int(W.shape[1]), "mu": mu, "n_iter": n_iter}
+    info = {**info, "K": int(W.shape[1]), "mu": mu, "n_iter": n_iter, "solver": nmf.DEFAULT_SOLVER}
     atomic_save({"W": W.cpu(), "info": info}, path)
     return W.to(data.device), info
 

@@ -37,12 +37,13 @@ def assert_nonincreasing(values, rel=1e-6):
 @pytest.mark.parametrize("mu", [0.0, 0.1, 0.8, 5.0])
 @pytest.mark.parametrize("inner", [1, 3])
 @pytest.mark.parametrize("fixed", [False, True])
-def test_history_never_increases_float64(mu, inner, fixed):
+@pytest.mark.parametrize("solver", ["hals", "mu"])
+def test_history_never_increases_float64(mu, inner, fixed, solver):
     V, Wt, _ = planted(seed=1, noise=0.1, dtype=torch.float64)
     hist: list[float] = []
     W_fixed = Wt[:, :2] if fixed else None
     W, H = sparse_nmf(V, 2 if fixed else 4, mu=mu, n_iter=150, seed=3, inner=inner,
-                      W_fixed=W_fixed, history=hist)
+                      W_fixed=W_fixed, history=hist, solver=solver)
     assert len(hist) == 150
     assert_nonincreasing(hist, rel=1e-9)
     # the cached objective equals the explicit one
@@ -51,10 +52,12 @@ def test_history_never_increases_float64(mu, inner, fixed):
 
 @pytest.mark.parametrize("mu", [0.0, 0.8])
 @pytest.mark.parametrize("inner", [1, 3])
-def test_explicit_objective_never_increases_float32(mu, inner):
+@pytest.mark.parametrize("solver", ["hals", "mu"])
+def test_explicit_objective_never_increases_float32(mu, inner, solver):
     V, _, _ = planted(seed=0, noise=0.1)
     # same seed => the n_iter=t run is the prefix of the trajectory; t=0 is the initialisation
-    objs = [objective(V, *sparse_nmf(V, 4, mu=mu, n_iter=t, seed=0, inner=inner), mu)
+    objs = [objective(V, *sparse_nmf(V, 4, mu=mu, n_iter=t, seed=0, inner=inner,
+                                     solver=solver), mu)
             for t in range(0, 25)]
     assert_nonincreasing(objs, rel=1e-6)
     assert objs[-1] < 0.5 * objs[0]
@@ -87,9 +90,10 @@ def test_columns_unit_norm_and_shapes():
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_planted_recovery(seed):
+@pytest.mark.parametrize("solver", ["hals", "mu"])
+def test_planted_recovery(seed, solver):
     V, Wt, Ht = planted(seed=seed)
-    W, H = sparse_nmf(V, 4, mu=0.0, n_iter=400, seed=seed, inner=2)
+    W, H = sparse_nmf(V, 4, mu=0.0, n_iter=400, seed=seed, inner=2, solver=solver)
     rel = ((V - W @ H).norm() / V.norm()).item()
     assert rel < 0.02, rel
     cos, _ = match_cosines(Wt, W)
@@ -103,17 +107,46 @@ def test_planted_recovery_with_sparsity():
     assert match_cosines(Wt, W)[0].min() > 0.95
 
 
-def test_sparsity_weight_makes_h_sparser():
+@pytest.mark.parametrize("solver", ["hals", "mu"])
+def test_sparsity_weight_makes_h_sparser(solver):
     V, _, _ = planted(seed=5, noise=0.05)
-    _, H0 = sparse_nmf(V, 8, mu=0.0, n_iter=100)
-    _, H1 = sparse_nmf(V, 8, mu=5.0, n_iter=100)
+    _, H0 = sparse_nmf(V, 8, mu=0.0, n_iter=100, solver=solver)
+    _, H1 = sparse_nmf(V, 8, mu=5.0, n_iter=100, solver=solver)
     assert H1.sum() < H0.sum()
+    assert (H1 == 0).float().mean() > (H0 == 0).float().mean() or solver == "mu"  # HALS: exact zeros
 
 
-def test_w_fixed_columns_unchanged_and_first():
+def test_hals_reaches_lower_objective_than_mu_at_equal_iterations():
+    V, _, _ = planted(seed=12, noise=0.1)
+    h_hals: list[float] = []
+    h_mu: list[float] = []
+    sparse_nmf(V, 6, mu=0.8, n_iter=30, solver="hals", history=h_hals)
+    sparse_nmf(V, 6, mu=0.8, n_iter=30, solver="mu", history=h_mu)
+    assert h_hals[-1] < h_mu[-1]
+
+
+def test_hals_column_update_is_the_constrained_minimiser():
+    """One W sweep of HALS on one column: no non-negative unit vector does better (random
+    search over many candidates, and the MU direction)."""
+    g = torch.Generator().manual_seed(3)
+    V = torch.rand(12, 40, generator=g, dtype=torch.float64)
+    W0, H = sparse_nmf(V, 3, mu=0.3, n_iter=5, solver="hals")
+    # the last column's subproblem with H and the other columns fixed
+    R = V - W0[:, :2] @ H[:2]
+    a = (R @ H[2]).clamp_min(0)
+    w_star = a / a.norm()
+    best = 0.5 * ((R - w_star[:, None] * H[2][None]) ** 2).sum()
+    cand = torch.rand(2000, 12, generator=g, dtype=torch.float64)
+    cand = cand / cand.norm(dim=1, keepdim=True)
+    vals = 0.5 * ((R[None] - cand[:, :, None] * H[2][None, None]) ** 2).sum((1, 2))
+    assert best <= vals.min() + 1e-12
+
+
+@pytest.mark.parametrize("solver", ["hals", "mu"])
+def test_w_fixed_columns_unchanged_and_first(solver):
     V, Wt, _ = planted(seed=6)
     W_fixed = Wt[:, :2].clone()
-    W, H = sparse_nmf(V, 2, mu=0.0, n_iter=300, W_fixed=W_fixed, inner=2)
+    W, H = sparse_nmf(V, 2, mu=0.0, n_iter=300, W_fixed=W_fixed, inner=2, solver=solver)
     assert W.shape == (40, 4) and H.shape == (4, 300)
     assert torch.equal(W[:, :2], W_fixed)
     torch.testing.assert_close(W[:, 2:].norm(dim=0), torch.ones(2), atol=1e-5, rtol=0)
@@ -213,6 +246,7 @@ def test_subsample_frames():
     (lambda V: sparse_nmf(V[:, :0], 3), "empty"),
     (lambda V: sparse_nmf(V, 3, mu=-1.0), "mu must be >= 0"),
     (lambda V: sparse_nmf(V, 3, inner=0), "inner"),
+    (lambda V: sparse_nmf(V, 3, solver="als"), "solver must be one of hals, mu"),
     (lambda V: sparse_nmf(V, 3, W_fixed=torch.rand(7, 2)), "W_fixed must have F=10"),
     (lambda V: sparse_nmf(V, 3, W_fixed=-torch.rand(10, 2)), "W_fixed must be non-negative"),
     (lambda V: sparse_nmf(V, 3, W_init=torch.rand(10, 4)), r"W_init must have shape \(F, k\)"),
