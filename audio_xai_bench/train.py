@@ -60,7 +60,10 @@ class BatchLoader:
 
     def batch(self, index: Tensor) -> Batch:
         s = self.split
-        wave = self.wave[index].to(self.device, non_blocking=True)
+        wave = self.wave[index]
+        if self.device.type == "cuda":  # indexing a pinned tensor gives an unpinned copy:
+            wave = wave.pin_memory()    # pin it, so that the copy below is asynchronous
+        wave = wave.to(self.device, non_blocking=True)
         if self._cache is not None:
             dev_index = index.to(self.device)
             X, logmel = self._cache[0][dev_index], self._cache[1][dev_index]

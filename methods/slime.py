@@ -113,16 +113,21 @@ def segment_mel_contributions(frontend, X: Tensor, grid: RegionGrid) -> Tensor:
     return torch.einsum("mfb,uft->ubtm", per_band, torch.expm1(X))
 
 
-def perturbed_logmel(frontend, P: Tensor, z: Tensor, grid: RegionGrid) -> Tensor:
+def segment_lengths(grid: RegionGrid) -> list[int]:
+    """Frames per time segment (contiguous, in order); host integers, computed once per grid."""
+    return torch.bincount(grid.seg_of_frame.cpu(), minlength=grid.n_time).tolist()
+
+
+def perturbed_logmel(frontend, P: Tensor, z: Tensor, grid: RegionGrid,
+                     lengths: list[int] | None = None) -> Tensor:
     """f's input (c, 1, T, M) for the on/off vectors z (c, K) of ONE clip whose band
     contributions are P (n_freq, T, M): the mel spectrum sum_b z[b, s(t)] P_b (one
     (c, n_freq) x (n_freq, T_s * M) product per time segment s), then the front-end's dB and
     top_db clip (``Frontend.logmel_from_magnitude``), per perturbed input."""
     nf, T, M = P.shape
     zs = z.to(P.dtype).view(z.shape[0], grid.n_freq, grid.n_time)
-    bounds = torch.bincount(grid.seg_of_frame.cpu(), minlength=grid.n_time).tolist()
     parts, t0 = [], 0
-    for s, n in enumerate(bounds):  # time segments are contiguous and in order
+    for s, n in enumerate(segment_lengths(grid) if lengths is None else lengths):  # time segments are contiguous and in order
         parts.append((zs[:, :, s] @ P[:, t0:t0 + n].reshape(nf, n * M)).view(-1, n, M))
         t0 += n
     mel = torch.cat(parts, dim=1)
@@ -201,11 +206,12 @@ class SLIME(RegionMethod, Explainer):
         chunk = max(1, int(self.config["chunk"]))
         f = getattr(self, "f_fast", self.f)
         logit = self.config.get("output", "logit") == "logit"
+        lengths = segment_lengths(grid)  # once: no host sync inside the loops
         outs = []
         for u in range(U):  # chunks never straddle two clips: P[u] is read, never gathered
             for i in range(0, N, chunk):
                 z = Z[u, i:i + chunk]
-                x = perturbed_logmel(self.frontend, P[u], z, grid)
+                x = perturbed_logmel(self.frontend, P[u], z, grid, lengths)
                 out = f(x.contiguous(memory_format=torch.channels_last))
                 outs.append((out if logit else probabilities(out, self.kind)).float())
         return torch.cat(outs).view(U, N, -1)
