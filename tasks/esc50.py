@@ -126,10 +126,11 @@ class ESC50Task(Task):
 
     name: ClassVar[str] = "esc50"
     option_defaults: ClassVar[dict[str, Any] | None] = {
-        "max_clips": None, "valid_fraction": 0.125,
+        "max_clips": None, "valid_fraction": 0.125, "dict_max_frames": None,
     }
     option_rules: ClassVar[dict[str, Any]] = {"max_clips": Rule(ge=1),
-                                             "valid_fraction": Rule(gt=0, lt=1)}
+                                             "valid_fraction": Rule(gt=0, lt=1),
+                                             "dict_max_frames": Rule(ge=1)}
     kind: ClassVar[str] = "multiclass"  # type: ignore[assignment]
     official_metric: ClassVar[str] = "accuracy_top1"
     method_defaults: ClassVar[dict[str, dict[str, Any]]] = METHOD_DEFAULTS
