@@ -209,6 +209,13 @@ class Explanation:
         sel[:, k] = 1.0
         return self.mixture(sel)
 
+    def component_mass(self) -> Tensor:
+        """(B, K) log1p mass of each component, sum_{f,t} X_k (the unit of the budget-matched
+        metrics). Generic fallback: one ``mixture`` call per component; the subclasses below
+        compute it in one batched pass."""
+        return torch.stack([self.component(k).flatten(1).sum(1)
+                            for k in range(self.num_components)], dim=1)
+
 
 class FactorExplanation(Explanation):
     """NMF-style components: X_k = X * (w_k h_k^T) / (W H + eps) (Algorithm 1, line 3).
@@ -228,6 +235,15 @@ class FactorExplanation(Explanation):
         sel = select.to(self.H.dtype).unsqueeze(-1)
         return self.X * self._WH(self.H * sel) / (self._WH(self.H) + self.eps)
 
+    def component_mass(self) -> Tensor:
+        """sum_{f,t} X_ft w_fk h_kt / ((WH)_ft + eps), all k at once."""
+        ratio = self.X / (self._WH(self.H) + self.eps)  # (B, F, T)
+        if self.W.dim() == 2:
+            a = torch.einsum("bft,fk->bkt", ratio, self.W)
+        else:
+            a = torch.einsum("bft,bfk->bkt", ratio, self.W)
+        return (a * self.H).sum(-1)
+
 
 class SegmentExplanation(Explanation):
     """Hard partition components: bin (f, t) belongs to segment ``segments[b, f, t]`` in
@@ -243,6 +259,13 @@ class SegmentExplanation(Explanation):
         seg = torch.where(self.segments < 0, sel.shape[1] - 1, self.segments)
         gate = torch.gather(sel, 1, seg.flatten(1)).view_as(self.X)
         return self.X * gate
+
+    def component_mass(self) -> Tensor:
+        """Sum of X over each segment's bins (bins of no segment are dropped)."""
+        K = self.relevance.shape[1]
+        seg = torch.where(self.segments < 0, K, self.segments).flatten(1)
+        out = torch.zeros(self.X.shape[0], K + 1, dtype=self.X.dtype, device=self.X.device)
+        return out.scatter_add_(1, seg, self.X.flatten(1))[:, :K]
 
 
 def normalise_relevance(v: Tensor, mode: str = "paper") -> Tensor:

@@ -14,6 +14,7 @@ g's probabilities; f's rows (``classifier/*``) are then the BASE-f reference of 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,13 +26,17 @@ from .progress import bar as progress_bar
 
 from .api import Batch, Explainer, TaskData
 from .classifier import probabilities
+from .metrics import curves as cvm
 from .metrics import faithfulness as ffm
+from .metrics import removal as rmv
+from .metrics.base import PairContext, PairFamily
 from .metrics import fidelity as fid
 from .metrics import groundtruth as gt
 from .metrics import lmac as lmm
 from .train import BatchLoader
 
 TAUS: tuple[float, ...] = (0.9, 0.7, 0.5, 0.3, 0.1)
+BUDGETS = cvm.BUDGETS
 
 
 @dataclass
@@ -48,6 +53,12 @@ class EvalConfig:
     batch_size: int = 16
     keep_bytes: float = 1.5e9       # explanations kept for the random-baseline pass (else redone)
     seed: int = 0
+    removal: str = "subtract"       # operator of FF and its baselines: 'subtract' (paper) | 'fill'
+    curve_removal: str = "fill"     # operator of deletion / insertion curves (metrics/removal.py)
+    fill_quantile: float = 0.1      # background level of 'fill': this quantile over frames per bin
+    budgets: tuple[float, ...] = BUDGETS  # log1p-mass shares of the curves
+    curve_draws: int = 2            # random orders per pair (curves' baseline); 0 = none
+    baseline_unmatched: str = "nan"  # count baseline short of components: 'nan' | 'cap' (old)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -105,7 +116,8 @@ class Scorer:
     """Evaluates one fitted explainer against one classifier on one split."""
 
     def __init__(self, explainer: Explainer, classifier: torch.nn.Module, data: TaskData,
-                 config: EvalConfig | None = None) -> None:
+                 config: EvalConfig | None = None, families: list[PairFamily] | None = None
+                 ) -> None:
         self.ex, self.f, self.data = explainer, classifier.eval(), data
         self.cfg = config or EvalConfig()
         self.kind = data.task.kind
@@ -113,6 +125,20 @@ class Scorer:
                                   device=data.device, with_phase=True)
         self.caps = set(explainer.capabilities)
         self._thr: dict[str, np.ndarray] | None = None
+        cfg = self.cfg
+        for op in (cfg.removal, cfg.curve_removal):
+            if op not in rmv.REMOVALS:
+                raise ValueError(f"eval removal operator must be one of {rmv.REMOVALS}, not {op!r}")
+        if cfg.baseline_unmatched not in ("nan", "cap"):
+            raise ValueError("eval.baseline_unmatched must be 'nan' or 'cap', "
+                             f"not {cfg.baseline_unmatched!r}")
+        # metric families run on every batch of explained pairs (metrics/base.PairFamily);
+        # further families (e.g. L-MAC) are appended here or passed as ``families``
+        self.families: list[PairFamily] = [
+            ffm.FaithfulnessFamily(tuple(cfg.taus), cfg.removal, cfg.fill_quantile),
+            cvm.CurvesFamily(tuple(cfg.budgets), int(cfg.curve_draws), cfg.curve_removal,
+                             cfg.fill_quantile),
+        ] + list(families or ())
 
     # -- helpers --------------------------------------------------------------------------
     @property
@@ -189,12 +215,26 @@ class Scorer:
         return Batch(*(getattr(batch, n)[rows] for n in
                        ("wave", "X", "phase", "logmel", "target", "mask", "index")))
 
-    def _removed_prob(self, sub: Batch, removed: Tensor, classes: Tensor) -> Tensor:
+    def _probs_of(self, sub: Batch, X2: Tensor, rows: Tensor) -> Tensor:
+        """The explained model's (m, C) probabilities on x₂ = INV(X2, P) re-analysed, for m
+        modified spectrograms X2 of rows ``rows`` of ``sub``: one batched forward pass."""
         fe = self.data.frontend
-        wave = fe.invert(sub.X - removed, sub.phase, sub.wave.shape[-1])
+        rows = rows.to(sub.X.device)
+        wave = fe.invert(X2, sub.phase[rows], sub.wave.shape[-1])
         X, phase, logmel = fe.analyze(wave)
-        p = self._model_probs(Batch(wave, X, phase, logmel, sub.target, sub.mask, sub.index))
+        return self._model_probs(Batch(wave, X, phase, logmel, sub.target[rows], sub.mask[rows],
+                                       sub.index[rows]))
+
+    def _removed_prob(self, sub: Batch, removed: Tensor, classes: Tensor) -> Tensor:
+        """f's class probability after removing ``removed`` with the FF operator."""
+        X2 = rmv.remove(sub.X, removed, self.cfg.removal, self.cfg.fill_quantile)
+        p = self._probs_of(sub, X2, torch.arange(len(classes), device=sub.X.device))
         return p[torch.arange(len(classes), device=p.device), classes]
+
+    @property
+    def _count_in_pass1(self) -> bool:
+        """A count that needs no whole-set mean is drawn in the first pass (nothing is kept)."""
+        return self.cfg.baseline_count not in ("mean", "class_mean")
 
     # -- main -----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -207,6 +247,8 @@ class Scorer:
         rel_all, sel_all = [], []
         kept: list[tuple | None] = []  # per batch with pairs: (sub, explanation, classes, p0)
         kept_bytes = 0.0
+        n_degenerate = 0
+        gen = torch.Generator().manual_seed(cfg.seed + 104729)  # pass-1 draws (families)
         listen: list[dict[str, Any]] = []
         has_sources = split.sources is not None
         for batch in progress_bar(self.loader, desc="evaluating", leave=False):
@@ -226,26 +268,35 @@ class Scorer:
             e = self.ex.explain(sub, classes)
             p0 = m_prob[rows, classes]
             rel_all.append(e.relevance.float().cpu())
+            ctx = PairContext(sub, e, classes, m_prob[rows],
+                              lambda X2, r, sub=sub: self._probs_of(sub, X2, r), gen,
+                              cvm.degenerate_rows(e.relevance))
+            n_degenerate += int(ctx.degenerate.sum())
             cols: dict[str, Tensor] = {}
+            for fam in self.families:
+                cols.update(fam.pair_columns(ctx))
             sels = []
             for tau in taus:
                 sel = ffm.select_relevant(e.relevance, tau)
                 sels.append(sel.cpu())
-                keep = e.mixture(sel)
-                cols[f"ff@{tau}"] = ffm.ff_values(p0, self._removed_prob(sub, keep, classes))
-                cols[f"n_selected@{tau}"] = sel.sum(1).float()
+                if has_sources or (tau == cfg.listen_tau and len(listen) < cfg.listen):
+                    keep = e.mixture(sel)
                 if has_sources:
                     cols.update(self._groundtruth(sub, rows, classes, keep, tau, batch))
                 if tau == cfg.listen_tau and len(listen) < cfg.listen:
                     listen.extend(self._listen(sub, e, keep, classes, cfg.listen - len(listen)))
             cols.update(self._lmac(sub, e, classes, m_prob[rows]))
             sel_all.append(torch.stack(sels, 0))  # (n_tau, n, K)
-            size = sub.X.numel() * 12  # X + complex phase, the bulk of what is kept
-            if kept_bytes + size <= cfg.keep_bytes:
-                kept.append((sub, e, classes, p0))
-                kept_bytes += size
-            else:
+            if self._count_in_pass1:
+                cols.update(self._count_baseline(sub, e, classes, p0, torch.stack(sels, 0), gen))
                 kept.append(None)
+            else:
+                size = sub.X.numel() * 12  # X + complex phase, the bulk of what is kept
+                if kept_bytes + size <= cfg.keep_bytes:
+                    kept.append((sub, e, classes, p0))
+                    kept_bytes += size
+                else:
+                    kept.append(None)
             ids = [split.ids[int(i)] for i in sub.index.cpu()]
             cl = classes.cpu().tolist()
             base = {k: v.float().cpu().numpy() for k, v in cols.items()}
@@ -256,9 +307,18 @@ class Scorer:
                 pair_rows.append(row)
         f_probs = torch.cat(f_all).numpy()
         pairs = pd.DataFrame(pair_rows)
-        if explain and len(pairs):
+        if explain and len(pairs) and not self._count_in_pass1:
             self._random_baseline(pairs, torch.cat(sel_all, 1), kept)
+        if n_degenerate:
+            warnings.warn(f"{type(self.ex).__name__}: {n_degenerate} of {len(pairs)} explained "
+                          "pairs have relevances that are NaN or all equal; their deletion / "
+                          "insertion curves (and FF where NaN) are NaN and leave every median "
+                          "and test (faithfulness/n_degenerate)", RuntimeWarning, stacklevel=2)
         metrics = self._metrics(f_probs, s_all, g_all, pairs)
+        if explain and len(pairs):
+            metrics["faithfulness/n_degenerate"] = float(n_degenerate)
+            for fam in self.families:
+                metrics.update(fam.summarise(pairs))
         per_sample = self._per_sample(f_probs, s_all, g_all)
         relevance = torch.cat(rel_all).numpy() if rel_all else None
         return EvalResult(metrics, per_sample, pairs, listen, relevance)
@@ -367,14 +427,47 @@ class Scorer:
                 item = (sub, self.ex.explain(sub, classes), classes, m_prob[rows, classes])
             yield item
 
+    def _count_baseline(self, sub: Batch, e, classes: Tensor, p0: Tensor, sels: Tensor,
+                        g: torch.Generator, counts: list[Tensor] | None = None
+                        ) -> dict[str, Tensor]:
+        """The paper's count-matched random baseline for one batch: ``counts`` components drawn
+        from outside L (or from all, ``eval.baseline_pool=all``). A pair whose pool holds fewer
+        than the count is NaN (``eval.baseline_unmatched=nan``, default) or removes what there
+        is (``cap``, the suite's earlier behaviour)."""
+        cfg = self.cfg
+        if counts is None:
+            counts = [ffm.baseline_counts(sels[i], cfg.baseline_count) for i in range(len(sels))]
+        dev = e.relevance.device
+        mass = e.component_mass()
+        total = sub.X.flatten(1).sum(1).clamp_min(1e-12)
+        nan = torch.tensor(float("nan"), device=dev)
+        cols: dict[str, Tensor] = {}
+        for i, tau in enumerate(cfg.taus):
+            sel, cnt = sels[i].to(dev), counts[i].to(dev)
+            if cfg.baseline_pool == "outside":
+                rnd = ffm.random_outside(sel, cnt, g)
+            else:
+                rnd = ffm.random_any(len(sel), sel.shape[1], cnt, g).to(dev)
+            ok = ffm.count_matchable(sel, cnt, cfg.baseline_pool)
+            ff = ffm.ff_values(p0, self._removed_prob(sub, e.mixture(rnd), classes))
+            if cfg.baseline_unmatched == "nan":
+                ff = torch.where(ok, ff, nan)
+            cols[f"random_ff@{tau}"] = ff
+            # components actually removed (all there are in the pool where it is short)
+            cols[f"random_n@{tau}"] = rnd.sum(1).float()
+            cols[f"random_share@{tau}"] = (mass * rnd.to(mass.dtype)).sum(1) / total
+        return cols
+
     def _random_baseline(self, pairs: pd.DataFrame, sels: Tensor,
                          kept: list[tuple | None]) -> None:
-        """Second pass: remove as many random components as L holds, from outside L."""
+        """Second pass (count modes that need the whole set's mean |L|): remove as many random
+        components as L holds on average, from outside L."""
         cfg, taus = self.cfg, self.cfg.taus
-        counts = [ffm.baseline_counts(sels[i], cfg.baseline_count) for i in range(len(taus))]
+        counts = [ffm.baseline_counts(sels[i], cfg.baseline_count,
+                                      torch.tensor(pairs["class_index"].to_numpy()))
+                  for i in range(len(taus))]
         g = torch.Generator().manual_seed(cfg.seed + 7919)
-        out = {tau: [] for tau in taus}
-        removed_n = {tau: [] for tau in taus}
+        out: dict[str, list[Tensor]] = {}
         offset = 0
         if all(k is not None for k in kept):
             items = iter(kept)
@@ -383,21 +476,13 @@ class Scorer:
         for sub, e, classes, p0 in progress_bar(items, total=len(kept), desc="random baseline",
                                         leave=False):
             n = len(classes)
-            for i, tau in enumerate(taus):
-                sel = sels[i, offset:offset + n]
-                cnt = counts[i][offset:offset + n]
-                if cfg.baseline_pool == "outside":
-                    rnd = ffm.random_outside(sel, cnt, g)
-                else:
-                    rnd = ffm.random_any(n, sel.shape[1], cnt, g)
-                removed_n[tau].append(rnd.sum(1).float())
-                removed = e.mixture(rnd.to(e.relevance.device))
-                out[tau].append(ffm.ff_values(p0, self._removed_prob(sub, removed, classes)).cpu())
+            cols = self._count_baseline(sub, e, classes, p0, sels[:, offset:offset + n], g,
+                                        [c[offset:offset + n] for c in counts])
+            for k, v in cols.items():
+                out.setdefault(k, []).append(v.float().cpu())
             offset += n
-        for i, tau in enumerate(taus):
-            pairs[f"random_ff@{tau}"] = torch.cat(out[tau]).float().numpy()
-            # components actually removed: the count asked for, or all there are outside L
-            pairs[f"random_n@{tau}"] = torch.cat(removed_n[tau]).numpy()
+        for k, v in out.items():
+            pairs[k] = torch.cat(v).numpy()
 
     def _metrics(self, f_probs: np.ndarray, s_all, g_all, pairs: pd.DataFrame
                  ) -> dict[str, float]:
@@ -444,16 +529,9 @@ class Scorer:
         if len(pairs):
             m["faithfulness/n_pairs"] = float(len(pairs))
             m.update(lmm.summarize(pairs))
-            for tau in cfg.taus:
+            for tau in cfg.taus:  # FF summaries: the families' ``summarise`` (run)
                 ff = pairs[f"ff@{tau}"].to_numpy()
                 rnd = pairs[f"random_ff@{tau}"].to_numpy()
-                m[f"faithfulness/ff_median@{tau}"] = float(np.median(ff))
-                m[f"faithfulness/ff_mean@{tau}"] = float(np.mean(ff))
-                m[f"faithfulness/n_selected_mean@{tau}"] = float(pairs[f"n_selected@{tau}"].mean())
-                m[f"faithfulness/random_ff_median@{tau}"] = float(np.median(rnd))
-                m[f"faithfulness/random_n_mean@{tau}"] = float(pairs[f"random_n@{tau}"].mean())
-                w = ffm.wilcoxon_vs_baseline(ff, rnd)
-                m[f"faithfulness/wilcoxon_p@{tau}"] = float(w["p"])
                 cw = ffm.classwise_median(ff, pairs["class_index"].to_numpy(), task.num_classes,
                                           exclude=exclude)
                 cwr = ffm.classwise_median(rnd, pairs["class_index"].to_numpy(),

@@ -7,6 +7,7 @@ the selections, the counts, FF and its summaries and tests. No model code.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -23,6 +24,12 @@ __all__ = [
     "ff_summary",
     "classwise_median",
     "wilcoxon_vs_baseline",
+    "count_matchable",
+    "random_mass_outside",
+    "energy_count",
+    "energy_mass",
+    "FaithfulnessFamily",
+    "summarise",
     "METRIC_INFO",
 ]
 
@@ -199,6 +206,154 @@ def wilcoxon_vs_baseline(ff: Any, ff_random: Any) -> dict[str, float]:
     return {"statistic": float(res.statistic), "p": float(res.pvalue), "n": int(d.size), "n_nonzero": nz}
 
 
+# ---------------------------------------------------------------------------------------------
+# Budget-aware baselines (issue 10 item 0): matched in removed mass, class-blind energy
+# ---------------------------------------------------------------------------------------------
+def count_matchable(selected: Tensor, counts: Tensor, pool: str = "outside") -> Tensor:
+    """(B,) bool: can the count-matched baseline remove ``counts[b]`` components from its pool
+    (outside L, or all K)? Where it cannot (e.g. L holds every component), the paper's baseline
+    would remove fewer than asked, down to nothing; the scorer then gives NaN, not a score."""
+    sel = selected.bool()
+    counts = torch.as_tensor(counts, device=sel.device).long()
+    available = (~sel).sum(1) if pool == "outside" else torch.full_like(counts, sel.shape[1])
+    return available >= counts
+
+
+def random_mass_outside(selected: Tensor, mass: Tensor, target: Tensor,
+                        generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Random baseline matched in removed log1p **mass**: components outside L in a uniformly
+    random order, taken until their mass reaches ``target`` (L's mass); the component that
+    crosses it is taken with a partial weight so the removed mass equals the target exactly
+    (``mixture`` is linear in float weights). Rows whose outside mass is below the target are
+    not matched. Returns (weights (B, K) float, matched (B,) bool)."""
+    from .curves import mass_matched_weights, random_order
+
+    B, K = mass.shape
+    order = random_order(B, K, generator, mass.device)
+    return mass_matched_weights(mass, order, target, allowed=~selected.bool())
+
+
+def energy_count(mass: Tensor, counts: Tensor) -> Tensor:
+    """Class-blind ``energy`` baseline at equal count: the ``counts[b]`` components of largest
+    log1p mass (ties by index), whatever their relevance. (B, K) bool."""
+    order = torch.argsort(mass, dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order).scatter_(
+        1, order, torch.arange(mass.shape[1], device=mass.device).expand_as(order).contiguous())
+    return ranks < torch.as_tensor(counts, device=mass.device).long().view(-1, 1)
+
+
+def energy_mass(mass: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Class-blind ``energy`` baseline at equal mass: largest components first until ``target``
+    (partial last component). Returns (weights (B, K), matched (B,))."""
+    from .curves import mass_matched_weights
+
+    order = torch.argsort(mass, dim=1, descending=True, stable=True)
+    return mass_matched_weights(mass, order, target)
+
+
+@dataclass
+class FaithfulnessFamily:
+    """Per-pair FF (eq. 7) at every tau, with the baselines that need no whole-set statistic:
+
+    - ``ff@tau``: FF with the operator ``removal`` (``subtract`` = paper, the default here);
+    - ``mass_share@tau``: share of the input's log1p mass that L removes;
+    - ``random_mass_ff@tau`` / ``random_mass_share@tau``: random components from outside L
+      until the same mass (NaN where outside L holds less mass than L);
+    - ``energy_ff@tau`` / ``energy_share@tau``: the |L| largest components, class-blind;
+    - ``energy_mass_ff@tau``: largest components until L's mass.
+    Costs 4 forward passes of n rows per tau (stacked into one call per tau).
+    The count-matched random baseline of the paper needs mean |L| over the whole set and is run
+    by the scorer in a second pass (:func:`random_outside`, :func:`count_matchable`)."""
+
+    taus: tuple[float, ...] = PAPER_TAUS
+    removal: str = "subtract"
+    quantile: float = 0.1
+    name: str = "faithfulness"
+
+    def pair_columns(self, ctx: Any) -> dict[str, Tensor]:
+        from . import removal as rm
+
+        e = ctx.explanation
+        X = e.X
+        n = X.shape[0]
+        mass = e.component_mass()
+        total = X.flatten(1).sum(1).clamp_min(1e-12)
+        bg = rm.background_level(X, self.quantile) if self.removal == "fill" else None
+        p0 = ctx.p0
+        rows = torch.arange(n, device=X.device).repeat(4)
+        nan = torch.tensor(float("nan"), device=X.device)
+        bad = torch.isnan(e.relevance).any(1).to(X.device)  # NaN relevances: no L to speak of
+        cols: dict[str, Tensor] = {}
+        for tau in self.taus:
+            sel = select_relevant(e.relevance, tau)
+            w_l = sel.to(mass.dtype)
+            target = (mass * w_l).sum(1)
+            w_r, ok_r = random_mass_outside(sel, mass, target, ctx.generator)
+            w_e = energy_count(mass, sel.sum(1)).to(mass.dtype)
+            w_m, _ = energy_mass(mass, target)
+            X2 = torch.cat([rm.remove(X, e.mixture(w), self.removal, self.quantile, bg)
+                            for w in (w_l, w_r, w_e, w_m)])
+            ff = ff_values(p0.repeat(4), ctx.class_probs(X2, rows)).view(4, n)
+            cols[f"ff@{tau}"] = torch.where(bad, nan, ff[0])
+            cols[f"n_selected@{tau}"] = sel.sum(1).float()
+            cols[f"mass_share@{tau}"] = target / total
+            cols[f"random_mass_ff@{tau}"] = torch.where(ok_r & ~bad, ff[1], nan)
+            cols[f"random_mass_share@{tau}"] = torch.where(ok_r, (mass * w_r).sum(1) / total, nan)
+            cols[f"energy_ff@{tau}"] = torch.where(bad, nan, ff[2])
+            cols[f"energy_share@{tau}"] = (mass * w_e).sum(1) / total
+            cols[f"energy_mass_ff@{tau}"] = torch.where(bad, nan, ff[3])
+        return cols
+
+    def summarise(self, pairs: Any) -> dict[str, float]:
+        return summarise(pairs, self.taus)
+
+
+def _nanmed(x: Any) -> float:
+    v = _np(x).astype(np.float64).ravel()
+    v = v[~np.isnan(v)]
+    return float(np.median(v)) if v.size else float("nan")
+
+
+def _nanmean(x: Any) -> float:
+    v = _np(x).astype(np.float64).ravel()
+    v = v[~np.isnan(v)]
+    return float(np.mean(v)) if v.size else float("nan")
+
+
+def summarise(pairs: Any, taus: Iterable[float] = PAPER_TAUS, prefix: str = "faithfulness/"
+              ) -> dict[str, float]:
+    """Set-level FF values from the per-pair table: the paper's FF and count-matched random
+    baseline with its Wilcoxon p (as before; pairs whose count cannot be matched are NaN, leave
+    the test and are counted in ``random_n_unmatched``), plus the mass-matched random baseline,
+    the energy baselines and the removed mass shares. NaN pairs are dropped from every median."""
+    out: dict[str, float] = {}
+    for tau in taus:
+        ff = _np(pairs[f"ff@{tau}"]).astype(np.float64)
+        out[f"{prefix}ff_median@{tau}"] = _nanmed(ff)
+        out[f"{prefix}ff_mean@{tau}"] = _nanmean(ff)
+        out[f"{prefix}n_selected_mean@{tau}"] = _nanmean(pairs[f"n_selected@{tau}"])
+        for name, col in (("random", "random_ff"), ("random_mass", "random_mass_ff")):
+            if f"{col}@{tau}" not in pairs:
+                continue
+            rnd = _np(pairs[f"{col}@{tau}"]).astype(np.float64)
+            ok = ~(np.isnan(ff) | np.isnan(rnd))
+            out[f"{prefix}{name}_ff_median@{tau}"] = _nanmed(rnd)
+            w = wilcoxon_vs_baseline(ff, rnd)
+            stem = "wilcoxon_p" if name == "random" else "random_mass_wilcoxon_p"
+            out[f"{prefix}{stem}@{tau}"] = float(w["p"]) if ok.any() else float("nan")
+            unmatched = int((np.isnan(rnd) & ~np.isnan(ff)).sum())
+            out[f"{prefix}{name}_n_unmatched@{tau}"] = float(unmatched)
+        if f"random_n@{tau}" in pairs:
+            out[f"{prefix}random_n_mean@{tau}"] = _nanmean(pairs[f"random_n@{tau}"])
+        for col in ("mass_share", "random_mass_share", "random_share", "energy_share"):
+            if f"{col}@{tau}" in pairs:
+                out[f"{prefix}{col}_median@{tau}"] = _nanmed(pairs[f"{col}@{tau}"])
+        for col in ("energy_ff", "energy_mass_ff"):
+            if f"{col}@{tau}" in pairs:
+                out[f"{prefix}{col}_median@{tau}"] = _nanmed(pairs[f"{col}@{tau}"])
+    return out
+
+
 def _info() -> dict[str, Any]:
     from ..api import MetricInfo
 
@@ -209,6 +364,15 @@ def _info() -> dict[str, Any]:
         "ff_random_median": MetricInfo("ff_random_median", False, ref + "; random baseline",
                                        "near 0 for a faithful explainer; reported for comparison"),
         "ff_vs_random_p": MetricInfo("ff_vs_random_p", False, "one-sided paired Wilcoxon, scipy.stats.wilcoxon"),
+        "random_mass_ff_median": MetricInfo(
+            "random_mass_ff_median", False, ref + "; random baseline matched in removed log1p mass",
+            "reported for comparison; near 0 for a faithful explainer"),
+        "random_mass_wilcoxon_p": MetricInfo("random_mass_wilcoxon_p", False,
+                                             "one-sided paired Wilcoxon, FF > mass-matched random FF"),
+        "energy_ff_median": MetricInfo("energy_ff_median", False, "class-blind energy baseline, |L| largest units",
+                                       "reported for comparison; a method should beat it"),
+        "energy_mass_ff_median": MetricInfo("energy_mass_ff_median", False,
+                                            "class-blind energy baseline at L's mass"),
     }
 
 
