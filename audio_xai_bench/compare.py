@@ -10,6 +10,9 @@ metric                                                 test
 ``faithfulness/ff_median@τ`` / ``ff_mean@τ``            Wilcoxon signed-rank on per-pair ``ff@τ``
                                                        within each cell, Stouffer across cells
 ``faithfulness/random_ff_*@τ``                          same on ``random_ff@τ``
+``faithfulness/deletion_auc``, ``insertion_auc``,        same on the per-pair column of that name
+``deletion@b``, ... (budget-matched curves)             (lower deletion / higher insertion wins)
+``faithfulness/energy_ff_median@τ``, ``random_mass_*``   same on ``energy_ff@τ`` / ``random_mass_ff@τ``
 ``groundtruth/si_sdri_median@τ``, ``energy_precision_``  same on ``si_sdri@τ`` / ``energy_precision@τ``
 ``fidelity/top1|top5``                                  McNemar on per-clip ``fid_top1|fid_top5``
                                                        (per cell, Stouffer across cells)
@@ -78,7 +81,12 @@ COLUMNS = ["metric", "method_a", "method_b", "n", "mean_a", "mean_b", "mean_diff
 
 _PAIR_COLS = {"ff_median": "ff", "ff_mean": "ff", "random_ff_median": "random_ff",
               "random_ff_mean": "random_ff", "si_sdri_median": "si_sdri",
-              "energy_precision_mean": "energy_precision"}
+              "energy_precision_mean": "energy_precision",
+              "random_mass_ff_median": "random_mass_ff", "energy_ff_median": "energy_ff",
+              "energy_mass_ff_median": "energy_mass_ff"}
+#: budget-matched curve metrics: the per-pair column has the metric's own name
+_CURVE_COLS = ("deletion", "insertion", "deletion_randorder", "insertion_randorder",
+               "deletion_auc", "insertion_auc", "deletion_auc_randorder", "insertion_auc_randorder")
 
 
 @dataclass
@@ -126,7 +134,8 @@ def _kind(cells: dict) -> str:
 
 
 def default_metrics(per_method: dict[str, dict]) -> list[str]:
-    """The task's main metrics that at least two methods report: FF median at τ = 0.1,
+    """The task's main metrics that at least two methods report: deletion / insertion AUC
+    (budget-matched), FF median at τ = 0.1,
     fidelity top-1 (multiclass) or macro AUPRC (multilabel), the official metric."""
     have: dict[str, int] = {}
     for cells in per_method.values():
@@ -135,7 +144,8 @@ def default_metrics(per_method: dict[str, dict]) -> list[str]:
             names.update(c.metrics)
         for n in names:
             have[n] = have.get(n, 0) + 1
-    want = ["faithfulness/ff_median@0.1", "fidelity/top1", "fidelity/macro_auprc"]
+    want = ["faithfulness/deletion_auc", "faithfulness/insertion_auc",
+            "faithfulness/ff_median@0.1", "fidelity/top1", "fidelity/macro_auprc"]
     want += sorted(n for n in have if n.startswith("official/"))
     return [m for m in want if have.get(m, 0) >= 2]
 
@@ -155,6 +165,8 @@ def _pair_column(metric: str) -> str | None:
     if group not in ("faithfulness", "groundtruth"):
         return None
     stem, tau = rest.split("@")[0], _tau_of(metric)
+    if group == "faithfulness" and stem in _CURVE_COLS:
+        return rest  # deletion_auc, deletion@0.1, ... are pairs.csv columns as they are
     if stem in _PAIR_COLS and tau is not None:
         return f"{_PAIR_COLS[stem]}@{tau}"
     return None

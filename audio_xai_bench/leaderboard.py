@@ -32,6 +32,14 @@ then by prefix rules:
 - ``lmac/*`` and ``sanity/*``: from the ``METRIC_INFO`` of ``metrics/lmac.py`` and
   ``metrics/sanity.py`` (AD, COMP and the Spearman values lower is better; counts none).
 - ``resources/*`` (wall / fit / eval seconds, peak RSS from ``done.json``): lower is better.
+- ``faithfulness/deletion*``: lower is better; ``faithfulness/insertion*``: higher is better;
+  ``energy_*`` and ``random_mass_*`` baselines: lower (like ``random_ff``); removed-mass shares
+  and unmatched counts: no direction.
+
+Ranks (``summary``): only metrics that compare methods fairly are ranked (:func:`rankable`):
+FF at a fixed tau, its baselines and p-values are **not** ranked (a method that marks more of
+the input removes more and scores more); faithfulness is ranked on the budget-matched
+deletion / insertion values only.
 """
 from __future__ import annotations
 
@@ -50,7 +58,7 @@ import pandas as pd
 from . import __version__
 from .results import find_cells, umask_mode
 
-__all__ = ["COLUMNS", "higher_is_better", "collect", "cell_rows", "summary", "format_summary",
+__all__ = ["COLUMNS", "higher_is_better", "rankable", "collect", "cell_rows", "summary", "format_summary",
            "publish", "aggregate", "write_aggregate", "MAIN_METRICS", "main_metrics"]
 
 #: Columns of the long-format CSV, in order.
@@ -90,8 +98,11 @@ _HIGHER_GROUPS = {"classifier", "classification", "official", "fidelity"}
 MAIN_METRICS: list[str] = [
     "official/accuracy_top1", "official/macro_auprc", "official/micro_auprc",
     "official/weighted_f1", "fidelity/top1", "fidelity/macro_auprc",
+    "faithfulness/deletion_auc", "faithfulness/deletion_auc_randorder",
+    "faithfulness/insertion_auc", "faithfulness/insertion_auc_randorder",
     "faithfulness/ff_median@0.1", "faithfulness/random_ff_median@0.1",
-    "faithfulness/ff_median@0.5", "groundtruth/si_sdri_median@0.1",
+    "faithfulness/energy_ff_median@0.1", "faithfulness/ff_median@0.5",
+    "groundtruth/si_sdri_median@0.1",
     "groundtruth/energy_precision_mean@0.1", "resources/fit_s",
 ]
 
@@ -114,6 +125,24 @@ def _stem(name: str) -> tuple[str, str]:
     return group, rest.split("/", 1)[0]
 
 
+#: Faithfulness stems that compare methods at equal budget (the only ones ranked, issue 10).
+_BUDGET_MATCHED = ("deletion_auc", "insertion_auc", "deletion", "insertion")
+
+
+def rankable(name: str) -> bool:
+    """May ``summary`` rank methods on this metric? Not FF at a fixed tau (``ff_*``, its
+    baselines and p-values, class-wise FF): |L| differs tenfold between methods there, and a
+    method that marks more scores more (issue 10). Faithfulness is ranked only on the
+    budget-matched curve values (``deletion_auc``, ``insertion_auc``, ``deletion@b``,
+    ``insertion@b``); other groups as their direction says."""
+    group, stem = _stem(name)
+    if group == "classwise":
+        return False
+    if group == "faithfulness":
+        return stem in _BUDGET_MATCHED
+    return higher_is_better(name) is not None
+
+
 def higher_is_better(name: str) -> bool | None:
     """Direction of a metric name of ``metrics.json`` (see module docstring); None = not
     applicable (counts, properties of the input)."""
@@ -122,6 +151,17 @@ def higher_is_better(name: str) -> bool | None:
         return None
     if group == "resources":
         return False
+    if group == "faithfulness":
+        if "share" in stem or stem.endswith("n_unmatched") or stem.endswith("n_pairs"):
+            return None  # how much a method / baseline removes, pairs counted: no direction
+        if stem.endswith("_p"):
+            return False
+        if stem.startswith("deletion"):
+            return False  # class probability left after deleting: lower = better order
+        if stem.startswith("insertion"):
+            return True
+        if stem.startswith("energy") or stem.startswith("random_mass"):
+            return False  # baselines (like random_ff): reported, not a score of the method
     if stem in _ALIASES:
         module, key = _ALIASES[stem]
         info = _metric_info()[module].get(key)
@@ -324,8 +364,8 @@ def summary(long_df: pd.DataFrame, metrics: Iterable[str] | None = None,
     stats["rank"] = np.nan
     for (task, metric), idx in stats.groupby(["task", "metric"]).groups.items():
         hib = direction.get(metric)
-        if hib is None or _stem(metric)[0] == "classifier":
-            continue  # classifier/* is f's score, the same f for every method: no ranking
+        if hib is None or _stem(metric)[0] == "classifier" or not rankable(str(metric)):
+            continue  # classifier/* is f's score (same f for every method); FF at fixed tau
         stats.loc[idx, "rank"] = stats.loc[idx, "mean"].rank(ascending=not hib, method="min")
     order = list(dict.fromkeys(sorted(stats["metric"].unique(), key=_metric_sort_key)))
     wide = stats.set_index(keys + ["metric"])[["mean", "std", "rank"]].unstack("metric")
