@@ -59,6 +59,7 @@ def ff_pairs(rng: np.random.Generator, base: np.ndarray, shift: float, noise: fl
 FF = {"alpha": [0.1, 0.2, 0.3], "beta": [0.4, 0.5, 0.6], "gamma": [0.0, 0.0, 0.3]}
 ACC = {"alpha": [0.5, 0.7, 0.9], "beta": [0.6, 0.6, 0.6], "gamma": [0.9, 0.9, 0.9]}
 RND = {"alpha": [0.05, 0.05, 0.05], "beta": [0.0, 0.1, 0.2], "gamma": [0.3, 0.3, 0.3]}
+DEL = {"alpha": [0.2, 0.2, 0.2], "beta": [0.5, 0.4, 0.6], "gamma": [0.1, 0.1, 0.1]}
 
 
 def toy_metrics(method: str, seed: int) -> dict:
@@ -67,6 +68,7 @@ def toy_metrics(method: str, seed: int) -> dict:
             "faithfulness/ff_median@0.1": FF[method][seed],
             "faithfulness/random_ff_median@0.1": RND[method][seed],
             "faithfulness/n_selected_mean@0.1": 2.0,
+            "faithfulness/deletion_auc": DEL[method][seed],
             "classwise/ff_median@0.1/tone": FF[method][seed]}
 
 
@@ -101,13 +103,23 @@ def test_higher_is_better_rules():
     assert hib("groundtruth/energy_precision_mean@0.3") is True
     assert hib("groundtruth/energy_precision_input_mean") is None
     assert hib("resources/wall_s") is False
+    assert hib("faithfulness/deletion_auc") is False and hib("faithfulness/deletion@0.1") is False
+    assert hib("faithfulness/insertion_auc") is True
+    assert hib("faithfulness/insertion_wilcoxon_p") is False
+    assert hib("faithfulness/energy_ff_median@0.1") is False
+    assert hib("faithfulness/mass_share_median@0.1") is None
+    assert hib("faithfulness/random_n_unmatched@0.1") is None
+    assert lb.rankable("faithfulness/deletion_auc") and lb.rankable("faithfulness/insertion@0.1")
+    assert not lb.rankable("faithfulness/ff_median@0.1")
+    assert not lb.rankable("faithfulness/deletion_auc_randorder")
+    assert lb.rankable("fidelity/top1") and not lb.rankable("classwise/ff_median@0.1/dog")
 
 
 def test_collect_long_format(toy_runs):
     df = lb.collect(toy_runs, "toy")
     assert list(df.columns) == lb.COLUMNS
-    # 9 cells x (7 metrics + resources/wall_s)
-    assert len(df) == 9 * 8
+    # 9 cells x (8 metrics + resources/wall_s)
+    assert len(df) == 9 * 9
     assert set(df["method"]) == {"alpha", "beta", "gamma"}
     assert set(df["variant"]) == {""}
     assert df["run_id"].nunique() == 9 and (df["git_commit"] == "abc1234").all()
@@ -130,23 +142,26 @@ def test_summary_means_stds_ranks(toy_runs):
     assert wide.loc["alpha", f"{ff}:std"] == pytest.approx(0.1)
     assert wide.loc["gamma", f"{ff}:mean"] == pytest.approx(0.1)
     assert wide.loc["gamma", f"{ff}:std"] == pytest.approx(np.std([0, 0, 0.3], ddof=1))
-    assert wide[f"{ff}:rank"].to_dict() == {"alpha": 2, "beta": 1, "gamma": 3}
+    # FF at a fixed tau is never ranked (|L| differs between methods, issue 10) ...
+    assert wide[f"{ff}:rank"].isna().all()
+    # ... faithfulness is ranked on the budget-matched deletion AUC (lower is better)
+    assert wide["faithfulness/deletion_auc:rank"].to_dict() == {"alpha": 2, "beta": 3, "gamma": 1}
     acc = "official/accuracy_top1"
     assert wide[f"{acc}:mean"].to_dict() == pytest.approx({"alpha": 0.7, "beta": 0.6, "gamma": 0.9})
     assert wide.loc["beta", f"{acc}:std"] == pytest.approx(0.0)
     assert wide[f"{acc}:rank"].to_dict() == {"alpha": 2, "beta": 3, "gamma": 1}
-    rnd = "faithfulness/random_ff_median@0.1"  # lower is better
-    assert wide[f"{rnd}:rank"].to_dict() == {"alpha": 1, "beta": 2, "gamma": 3}
+    rnd = "faithfulness/random_ff_median@0.1"  # a baseline: lower, but not ranked
+    assert wide[f"{rnd}:rank"].isna().all()
     assert wide["faithfulness/n_selected_mean@0.1:rank"].isna().all()
     assert not any(c.startswith("classwise/") for c in wide.columns)
     text = lb.format_summary(wide.reset_index())
-    assert text.set_index("method").loc["beta", ff] == "0.500 ± 0.100 (#1)"
+    assert text.set_index("method").loc["beta", ff] == "0.500 ± 0.100"  # no rank
     # a second variant of one method is its own row; no spurious (method, variant) rows
     make_cell(toy_runs, "alpha", 0, toy_metrics("beta", 2), profile="small")
     wide2 = lb.summary(lb.collect(toy_runs, "toy"))
     assert len(wide2) == 4 and wide2["n_cells"].tolist() == [3, 1, 3, 3]
     small = wide2[wide2.variant == "profile=small"].iloc[0]
-    assert small["method"] == "alpha" and small[f"{ff}:rank"] == 1
+    assert small["method"] == "alpha" and small["faithfulness/deletion_auc:rank"] == 4
 
 
 def test_publish_merges_and_replaces(toy_runs, tmp_path):
@@ -154,15 +169,15 @@ def test_publish_merges_and_replaces(toy_runs, tmp_path):
     full = lb.collect(toy_runs, "toy")
     lb.publish(full[full.method.isin(["alpha", "beta"])], "toy", root)
     first = pd.read_csv(root / "toy.csv")
-    assert len(first) == 6 * 8 and set(first.method) == {"alpha", "beta"}
+    assert len(first) == 6 * 9 and set(first.method) == {"alpha", "beta"}
     lb.publish(full[full.method == "gamma"], "toy", root)  # a new method: old rows kept
     second = pd.read_csv(root / "toy.csv")
-    assert len(second) == 9 * 8 and set(second.method) == {"alpha", "beta", "gamma"}
+    assert len(second) == 9 * 9 and set(second.method) == {"alpha", "beta", "gamma"}
     again = full[full.method == "alpha"].copy()
     again.loc[again.metric == "official/accuracy_top1", "value"] = 1.0
     lb.publish(again, "toy", root)  # same run ids: replaced, not duplicated
     third = pd.read_csv(root / "toy.csv")
-    assert len(third) == 9 * 8
+    assert len(third) == 9 * 9
     assert not third.duplicated(["method", "run_id", "metric"]).any()
     assert third[(third.method == "alpha") & (third.metric == "official/accuracy_top1")
                  ]["value"].eq(1.0).all()
