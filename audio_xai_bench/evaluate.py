@@ -221,6 +221,8 @@ class Scorer:
         fe = self.data.frontend
         rows = rows.to(sub.X.device)
         wave = fe.invert(X2, sub.phase[rows], sub.wave.shape[-1])
+        if not self.explains_own_model:  # f needs only the log-mel (~20 % of a pass saved)
+            return self._f_probs(fe.logmel(wave))
         X, phase, logmel = fe.analyze(wave)
         return self._model_probs(Batch(wave, X, phase, logmel, sub.target[rows], sub.mask[rows],
                                        sub.index[rows]))
