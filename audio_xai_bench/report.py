@@ -371,7 +371,9 @@ def report_cells(out: str | os.PathLike, task: str, method: str | None = None,
     return pages
 
 
-_CURVE = re.compile(r"faithfulness/(deletion|insertion)@([0-9.]+)(_randorder)?$")
+# the scorer writes ``deletion_randorder@b`` (metrics/curves.py); ``deletion@b_randorder`` is
+# accepted too
+_CURVE = re.compile(r"faithfulness/(deletion|insertion)(_randorder)?@([0-9.]+)(_randorder)?$")
 
 
 def plot_methods_ff_vs_tau(pairs_by_method: dict[str, pd.DataFrame], path: Path) -> bool:
@@ -412,8 +414,9 @@ def plot_methods_curves(metrics_by_method: dict[str, list[dict]], path: Path) ->
             for key, v in m.items():
                 hit = _CURVE.match(key)
                 if hit and v is not None and np.isfinite(v):
-                    c = curves.setdefault((hit.group(1), bool(hit.group(3))), {})
-                    c.setdefault(float(hit.group(2)), []).append(float(v))
+                    rnd = bool(hit.group(2) or hit.group(4))
+                    c = curves.setdefault((hit.group(1), rnd), {})
+                    c.setdefault(float(hit.group(3)), []).append(float(v))
         for (kind, randorder), pts in curves.items():
             ax = axes[0 if kind == "deletion" else 1]
             b = sorted(pts)
