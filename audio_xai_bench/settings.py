@@ -108,6 +108,14 @@ COMMON_RULES: dict[str, Rule] = {
     "baseline_pool": Rule(choices=("outside", "all"), doc="random baseline draws from"),
     "listen": NON_NEGATIVE, "listen_tau": Rule(ge=-1, lt=1),
     "keep_bytes": NON_NEGATIVE,
+    "removal": Rule(choices=("subtract", "fill"), doc="removal operator of FF and its baselines"),
+    "curve_removal": Rule(choices=("fill", "subtract"),
+                          doc="removal operator of the deletion / insertion curves"),
+    "fill_quantile": Rule(ge=0, le=1, doc="background level of 'fill': quantile over frames"),
+    "budgets": Rule(gt=0, le=1, nonempty=True, doc="log1p-mass shares of the curves"),
+    "curve_draws": NON_NEGATIVE,
+    "baseline_unmatched": Rule(choices=("nan", "cap"),
+                               doc="count baseline short of components: NaN, or remove what there is"),
 }
 
 
