@@ -212,3 +212,20 @@ def test_summarise_drops_unmatched_pairs_and_counts_them():
     s = ffm.summarise({"ff@0.1": ff, "n_selected@0.1": np.ones(4),
                        "random_ff@0.1": np.full(4, np.nan)}, (0.1,))
     assert math.isnan(s["faithfulness/wilcoxon_p@0.1"])  # nothing matched: no p-value
+
+
+def test_ff_family_subtract_is_the_papers_ff_and_shares_are_by_hand():
+    e, probs = _strip_case()
+    ctx = PairContext(None, e, torch.tensor([0, 0]), torch.ones(2, 1),
+                      lambda X2, r: probs(X2, r).unsqueeze(1), torch.Generator().manual_seed(0),
+                      cv.degenerate_rows(e.relevance))
+    cols = ffm.FaithfulnessFamily((0.5, 0.95), "subtract").pair_columns(ctx)
+    for tau in (0.5, 0.95):
+        sel = ffm.select_relevant(e.relevance, tau)
+        paper = 1.0 - probs(e.X - e.mixture(sel), None)  # eq. 7 with f(x)_c = 1
+        assert torch.allclose(cols[f"ff@{tau}"], paper)
+    # tau = 0.5: row 0 marks frames 0-1 (2 of 10 units of mass 1), row 1 nine frames (r > 0.5)
+    assert torch.allclose(cols["mass_share@0.5"], torch.tensor([0.2, 0.9]))
+    assert torch.allclose(cols["energy_share@0.5"], torch.tensor([0.2, 0.9]))
+    # row 1: outside L holds 1 < 9 of mass: the mass baseline cannot be matched -> NaN, not 0
+    assert not torch.isnan(cols["random_mass_ff@0.5"][0]) and torch.isnan(cols["random_mass_ff@0.5"][1])
