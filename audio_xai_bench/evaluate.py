@@ -355,25 +355,14 @@ class Scorer:
             out["mask_precision_input"] = (sub.X * m).sum((1, 2)) / sub.X.sum((1, 2)).clamp_min(1e-12)
         return out
 
-    def _probs_of(self, sub: Batch, X_new: Tensor) -> Tensor:
-        """The explained model's probabilities on INV(X_new, P_x), re-analysed (as for FF);
-        ``X_new`` stacks one or more (len(sub), F, T) blocks, all in one forward pass."""
-        reps, fe = len(X_new) // len(sub), self.data.frontend
-
-        def rep(t: Tensor) -> Tensor:
-            return t.repeat(reps, *([1] * (t.dim() - 1)))
-
-        wave = fe.invert(X_new, rep(sub.phase), sub.wave.shape[-1])
-        X, phase, logmel = fe.analyze(wave)
-        return self._model_probs(Batch(wave, X, phase, logmel, rep(sub.target), rep(sub.mask),
-                                       rep(sub.index)))
-
     def _lmac(self, sub: Batch, e, classes: Tensor, p: Tensor) -> dict[str, Tensor]:
         """L-MAC metrics per pair (``metrics/lmac.py``): the masked-in input at the listening
         threshold (Σ_{k∈L} X_k) and that of the soft mask, in one batched forward pass."""
         kept = e.mixture(ffm.select_relevant(e.relevance, self.cfg.listen_tau))
         soft_mask, soft_kept = lmm.soft_mask_of(e)
-        o, n = self._probs_of(sub, torch.cat([kept, soft_kept])), len(classes)
+        n = len(classes)
+        rows = torch.arange(n, device=sub.X.device).repeat(2)
+        o = self._probs_of(sub, torch.cat([kept, soft_kept]), rows)
         thr: float | Tensor = 0.5  # multilabel: the per-class thresholds that chose the pairs
         if self.kind != "multiclass":
             thr = torch.as_tensor(self.thresholds()["g" if self.explains_own_model else "f"],
