@@ -16,6 +16,10 @@ Waveform cache (``cache_dir`` given, every example has a path)::
 - An entry is written to a temporary folder and published with one ``os.replace``; a run
   killed or failing midway leaves only a ``*.tmp-*`` folder, which is never read (and is
   removed when the failure is an exception). ``meta.json`` is written last inside the folder.
+- An entry is built under a file lock (``locks.artefact_lock`` on ``.<file-list key>.lock``):
+  a second process needing the same entry waits, then memory-maps the finished one; stale
+  ``*.tmp-*`` folders of that entry are removed under the lock. An entry whose ``wave.npy``
+  cannot be read (truncated, wrong shape) is reported by name, removed and rebuilt.
 - On reuse ``wave.npy`` is memory-mapped copy-on-write (``np.load(mmap_mode='c')``): pages are
   read lazily from disk as with ``'r'``, but an in-place write by a method changes only its
   private copy, never the cache, and torch accepts the array without a read-only warning.
@@ -40,8 +44,9 @@ import torch
 from .progress import bar as progress_bar
 
 from .api import Example, FrontendConfig, SplitData
-from .results import umask_mode
 from .audio import MIN_CLIP_FRACTION, AudioError, check_waveform, fix_length, load_audio
+from .locks import artefact_lock, clean_stale, report_unreadable
+from .results import umask_mode
 
 CACHE_VERSION = 2  # 2: rows record padding; short and truncated files are bad files
 
@@ -255,16 +260,36 @@ def _materialize_cached(examples, fe, on_bad_file, desc, report, cache_dir, name
                         num_workers) -> SplitData:
     base = _namespace_dir(cache_dir, namespace, fe)
     fps = [fingerprint(e.path) for e in examples]
-    found = _find_entry(base, fps)
-    if found is None:
-        entry = build_cache_entry(examples, fe, base, fps, desc=desc, num_workers=num_workers)
-        meta = _read_meta(entry)
-        report.cache = "built"
-    else:
-        entry, meta = found
-        report.cache = "hit"
+    arr = None
+    for _attempt in range(2):  # a second pass only after an unreadable entry was removed
+        found = _find_entry(base, fps)
+        if found is None:
+            final = os.path.join(base, list_key(fps))
+            with artefact_lock(final):  # one process decodes, the others wait and reuse it
+                found = _find_entry(base, fps)
+                if found is None:
+                    clean_stale(final, ("{name}.tmp-*",))  # left by a killed builder
+                    entry = build_cache_entry(examples, fe, base, fps, desc=desc,
+                                              num_workers=num_workers)
+                    meta = _read_meta(entry)
+                    report.cache = "built"
+        if found is not None:
+            entry, meta = found
+            report.cache = "hit"
+        wave_file = os.path.join(entry, "wave.npy")
+        try:
+            arr = np.load(wave_file, mmap_mode="c")
+            if arr.ndim != 2 or arr.shape[0] != meta["n"]:
+                raise ValueError(f"shape {arr.shape}, {meta['n']} rows expected")
+            break
+        except (OSError, ValueError, EOFError) as exc:
+            report_unreadable(wave_file, exc)
+            with artefact_lock(entry):
+                shutil.rmtree(entry, ignore_errors=True)
+            arr = None
+    if arr is None:
+        raise OSError(f"waveform cache {base} could not be rebuilt readably")
     report.cache_path = entry
-    arr = np.load(os.path.join(entry, "wave.npy"), mmap_mode="c")
     rows, kept = [], []
     for ex, fp in zip(examples, fps):
         if fp in meta["bad"]:

@@ -27,6 +27,7 @@ from . import settings
 from .api import Batch, Explainer, Task, TaskData
 from .audio import Frontend
 from .data import LoadReport, materialize
+from .locks import artefact_lock, clean_stale, report_unreadable
 from .evaluate import EvalConfig, Scorer
 from .registry import METHODS, TASKS
 from .results import cell_dir, config_hash, is_done, read_cell, versions, write_cell
@@ -130,9 +131,33 @@ def _validation_score(model: torch.nn.Module, loader: BatchLoader, kind: str) ->
     return float(fid.average_precision_macro_micro(t.numpy() > 0.5, p.numpy(), m.numpy())["macro"])
 
 
+# leftovers of atomic_save (".<name>.<random>.tmp"), also those of f's resume checkpoint
+_STALE_TEMPS = (".{stem}*.tmp",)
+
+
+def _load_cached(path: Path, required: tuple[str, ...], map_location="cpu", log=print):
+    """A cached artefact's state, or None when it is absent; an unreadable or incomplete file
+    is reported by name and removed so that the caller rebuilds it."""
+    if not path.exists():
+        return None
+    try:
+        state = load_checkpoint(path, map_location=map_location)
+        missing = [k for k in required if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise KeyError(f"missing {missing}")
+        return state
+    except Exception as exc:  # truncated, empty, not a state dict, refused pickle, ...
+        report_unreadable(path, exc, log)
+        path.unlink(missing_ok=True)
+        return None
+
+
 def get_classifier(data: TaskData, cfg: dict[str, Any], cache: Path, seed: int,
                    weights: str | None = None, log=print) -> tuple[torch.nn.Module, dict]:
-    """Train f for (task, fold, seed) once and cache it; later calls load the checkpoint."""
+    """Train f for (task, fold, seed) once and cache it; later calls load the checkpoint.
+
+    Built under a file lock (``locks.artefact_lock``): a second process asking for the same f
+    waits, then loads the finished checkpoint instead of training it again."""
     task = data.task
     key = config_hash({"task": task.describe(), "cfg": cfg, "ids": _ids_digest(data),
                        "weights": weights, "seed": seed})
@@ -140,11 +165,22 @@ def get_classifier(data: TaskData, cfg: dict[str, Any], cache: Path, seed: int,
     torch.manual_seed(seed)
     model = clf.build_classifier(task.num_classes, cfg).to(data.device)
     info: dict[str, Any] = {"checkpoint": str(path), "config": cfg}
-    if path.exists():
-        state = load_checkpoint(path, map_location=data.device)
-        model.load_state_dict(state["model"])
-        info.update(cached=True, history=state.get("history", []))
-        return model.eval(), info
+    state = _load_cached(path, ("model",), data.device, log)
+    if state is None:
+        with artefact_lock(path, log):
+            state = _load_cached(path, ("model",), data.device, log)
+            if state is None:
+                clean_stale(path, _STALE_TEMPS)
+                return _train_classifier(data, cfg, path, seed, model, info, weights, log)
+    model.load_state_dict(state["model"])
+    info.update(cached=True, history=state.get("history", []))
+    return model.eval(), info
+
+
+def _train_classifier(data: TaskData, cfg: dict[str, Any], path: Path, seed: int,
+                      model: torch.nn.Module, info: dict[str, Any], weights: str | None,
+                      log) -> tuple[torch.nn.Module, dict]:
+    task = data.task
     params = list(model.parameters())
     if weights:
         state = load_checkpoint(weights, map_location=data.device)
@@ -186,9 +222,19 @@ def get_dictionary(data: TaskData, k: int, seed: int, cache: Path, method_cfg: d
                        "ids": _ids_digest(data), "seed": seed, "solver": nmf.DEFAULT_SOLVER,
                        "splits": list(getattr(task, "dictionary_splits", ("train",)))})
     path = cache / "dictionaries" / task.name / f"{data.fold}-{seed}-K{k}-{key}.pt"
-    if path.exists():
-        state = load_checkpoint(path)
-        return state["W"].to(data.device), {**state["info"], "cached": True}
+    state = _load_cached(path, ("W", "info"), log=log)
+    if state is None:
+        with artefact_lock(path, log):  # one process learns it, the others wait and load it
+            state = _load_cached(path, ("W", "info"), log=log)
+            if state is None:
+                clean_stale(path, _STALE_TEMPS)
+                return _learn_dictionary(data, k, seed, mu, n_iter, path, log)
+    return state["W"].to(data.device), {**state["info"], "cached": True}
+
+
+def _learn_dictionary(data: TaskData, k: int, seed: int, mu: float, n_iter: int, path: Path,
+                      log) -> tuple[Tensor, dict]:
+    task = data.task
     log(f"learning the NMF dictionary (K={k}) for {task.name} fold {data.fold}")
     # the task says which splits its recipe reads (ESC-50: train + valid, the paper's 1600 clips)
     splits = [getattr(data, s) for s in getattr(task, "dictionary_splits", ("train",))]
