@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from typing import Any, Sequence
 
@@ -127,6 +128,75 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"every metric ({len(table)}): metrics.json in each cell, e.g. "
               f"{os.path.join(str(records[0]['path']), 'metrics.json')}")
     return 0
+
+
+def _check_writable(out: str) -> None:
+    """Refuse early (nothing run or submitted) when ``out`` cannot take results."""
+    import tempfile
+
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".axb-write-test-"):
+            pass
+    except OSError as exc:
+        raise RuntimeError(f"output folder {out} is not writable: {exc.strerror} "
+                           "(nothing was run)") from None
+    free = shutil.disk_usage(out).free
+    if free < 50 * 2**20:
+        raise RuntimeError(f"output folder {out} has only {free / 2**20:.0f} MiB free "
+                           "(nothing was run)")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from . import sweep as sw
+
+    if args.status:
+        return sw.status(args.out)
+    grid: dict[str, Any] = sw.read_grid(args.grid) if args.grid else {}
+    methods = args.methods or grid.get("methods")
+    tasks = args.tasks or grid.get("tasks") or "synth"
+    if not methods:
+        raise ValueError("sweep needs --methods a,b|all or a --grid file with methods")
+    folds = args.folds or grid.get("folds", "all")
+    seeds = _parse_seeds(args.seeds) if args.seeds else grid.get("seeds", [0])
+    common = sw.Common(out=args.out, profile=args.profile, device=args.device,
+                       data_root=args.data_root, cache_dir=args.cache_dir,
+                       on_bad_file=args.on_bad_file, force=args.force,
+                       task_options=_parse_task_options(args.task_option))
+    cells = sw.expand(methods, tasks, folds, seeds, variants=grid.get("variants"),
+                      sets=_parse_sets(args.set), common=common)
+    if args.dry_run:
+        n_done = 0
+        for c in cells:
+            done = sw.is_cell_done(c)
+            n_done += done
+            print(f"{'done' if done else 'todo':4s} {c.label}  {c.path}")
+        print(f"{len(cells)} cell(s): {n_done} done, {len(cells) - n_done} to run")
+        return 0
+    _check_writable(args.out)
+    if args.executor == "slurm":
+        extra = _parse_sets(args.slurm)
+        opts = sw.SlurmOptions(partition=args.partition, gpus_per_task=args.gpus_per_task,
+                               cpus_per_task=args.cpus_per_task, time_min=args.time,
+                               mem=args.mem, array_parallelism=args.array_parallelism,
+                               extra=extra)
+        outcomes = sw.run_slurm(cells, common, opts, wait_jobs=not args.no_wait)
+    else:
+        sw.record_local(cells, args.out)
+        try:
+            outcomes = sw.run_local(cells, common, jobs=args.jobs)
+        except KeyboardInterrupt:
+            print("interrupted: finished cells are kept; rerun the same command to resume",
+                  file=sys.stderr)
+            return 130
+    failed = [o for o in outcomes if not o.ok]
+    n_done = sum(sw.is_cell_done(c) for c in cells)
+    print(f"sweep: {n_done}/{len(cells)} cell(s) done, {len(failed)} failed")
+    for o in failed:
+        print(f"  FAILED {o.cell.label}: {o.error}\n         log: {o.log}")
+    if args.publish:
+        sw.publish_cells(cells, args.out, args.root)
+    return 1 if failed else 0
 
 
 def _first_line(obj: Any) -> str:
@@ -305,6 +375,45 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
                    help="task setting, e.g. exclude_nmi=false (SONYC) or max_clips=500")
     r.set_defaults(func=cmd_run)
+
+    sw = sub.add_parser("sweep", help="run methods × tasks × folds × seeds as independent cells "
+                                      "(local process pool or Slurm)")
+    sw.add_argument("--methods", default=None, help="comma-separated methods, or 'all'")
+    sw.add_argument("--tasks", default=None, help="comma-separated tasks (default: synth)")
+    sw.add_argument("--folds", default=None, help="comma-separated folds, or 'all' (default)")
+    sw.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0)")
+    sw.add_argument("--grid", default=None, help="TOML grid file (methods, tasks, folds, seeds, "
+                                                 "[variants] of --set per method)")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="setting applied to every cell (as in run)")
+    sw.add_argument("--executor", default="local", choices=["local", "slurm"])
+    sw.add_argument("--jobs", type=int, default=None,
+                    help="local workers (default: one per core; torch threads = cores // jobs)")
+    sw.add_argument("--dry-run", action="store_true", help="print the cells and which are done")
+    sw.add_argument("--status", action="store_true", help="state of the last sweep under --out")
+    sw.add_argument("--publish", action="store_true",
+                    help="merge finished cells into ROOT/<task>.csv at the end")
+    sw.add_argument("--root", default="leaderboard", help="leaderboard folder for --publish")
+    sw.add_argument("--out", default="runs")
+    sw.add_argument("--cache-dir", default=None)
+    sw.add_argument("--data-root", default=None)
+    sw.add_argument("--device", default="auto")
+    sw.add_argument("--profile", default="default", choices=["default", "small"])
+    sw.add_argument("--force", action="store_true", help="redo cells that are already done")
+    sw.add_argument("--on-bad-file", default="fail", choices=["fail", "skip"])
+    sw.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE")
+    sl = sw.add_argument_group("Slurm (--executor slurm; pip install -e '.[slurm]')")
+    sl.add_argument("--partition", default=None)
+    sl.add_argument("--gpus-per-task", type=int, default=None)
+    sl.add_argument("--cpus-per-task", type=int, default=1)
+    sl.add_argument("--time", type=int, default=60, help="minutes per cell job (default 60)")
+    sl.add_argument("--mem", default=None, help="e.g. 16G")
+    sl.add_argument("--array-parallelism", type=int, default=256)
+    sl.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra sbatch option, e.g. --slurm qos=normal --slurm account=lab")
+    sl.add_argument("--no-wait", action="store_true",
+                    help="submit and return; follow with sweep --status")
+    sw.set_defaults(func=cmd_sweep)
 
     ls = sub.add_parser("list", help="list methods, tasks and metrics, or one method's settings")
     ls.add_argument("--method", default=None,

@@ -93,7 +93,9 @@ class Registry(Generic[T]):
         if ":" in name:
             obj = import_object(name)
             try:
-                if not getattr(obj, "registry_name", None):
+                # a name inherited from a registered parent class is not this class's name
+                if not vars(obj).get("registry_name") if isinstance(obj, type) else \
+                        not getattr(obj, "registry_name", None):
                     setattr(obj, "registry_name", name)
             except (AttributeError, TypeError):
                 pass

@@ -27,8 +27,8 @@ from . import settings
 from .api import Batch, Explainer, Task, TaskData
 from .audio import Frontend
 from .data import LoadReport, materialize
-from .locks import artefact_lock, clean_stale, report_unreadable
 from .evaluate import EvalConfig, Scorer
+from .locks import artefact_lock, clean_stale, report_unreadable
 from .registry import METHODS, TASKS
 from .results import cell_dir, config_hash, is_done, read_cell, versions, write_cell
 from .train import BatchLoader, atomic_save, fit, load_checkpoint
@@ -255,31 +255,37 @@ def _learn_dictionary(data: TaskData, k: int, seed: int, mu: float, n_iter: int,
 # --------------------------------------------------------------------------------------------
 # cells
 # --------------------------------------------------------------------------------------------
-def run(spec: RunSpec, log=print) -> list[dict[str, Any]]:
-    """Run every (fold, seed) cell of ``spec``; returns the cells' records."""
-    device = resolve_device(spec.device)
+def _resolved(spec: RunSpec, seed: int):
+    """(method class, task, method / classifier / scorer settings) of one seed of ``spec``."""
     method_cls = METHODS.get(spec.method)
     if not (isinstance(method_cls, type) and issubclass(method_cls, Explainer)):
         raise TypeError(f"method {spec.method!r} is not an audio_xai_bench.api.Explainer subclass")
     task_cls = TASKS.get(spec.task)
     m_over, c_over, e_over = split_overrides(spec.overrides)
-    cache = Path(spec.cache_dir) if spec.cache_dir else Path(spec.out) / ".cache"
-    seeds = check_seeds(spec.seeds)
+    task: Task = task_cls(data_root=spec.data_root, profile=spec.profile, seed=0,
+                          **spec.task_options)
+    method_cfg = method_cls.resolve_config(task, spec.profile, m_over)
+    clf_cfg = resolve_classifier_config(task, spec.profile, c_over)
+    eval_cfg = resolve_eval_config(e_over, seed)
+    if spec.fold != "all" and spec.fold not in task.fold_names():
+        raise settings.SettingsError(f"--fold {spec.fold!r} is not a fold of {task.name}; "
+                                     f"valid: all, {', '.join(task.fold_names())}")
+    return method_cls, task, method_cfg, clf_cfg, eval_cfg
+
+
+def _cache_root(spec: RunSpec) -> Path:
+    return Path(spec.cache_dir) if spec.cache_dir else Path(spec.out) / ".cache"
+
+
+def run(spec: RunSpec, log=print) -> list[dict[str, Any]]:
+    """Run every (fold, seed) cell of ``spec``; returns the cells' records."""
+    device = resolve_device(spec.device)
+    cache = _cache_root(spec)
     # everything is resolved and checked before any work (f, dictionary, fit) starts
-    plan = []
-    for seed in seeds:
-        task: Task = task_cls(data_root=spec.data_root, profile=spec.profile, seed=0,
-                              **spec.task_options)
-        method_cfg = method_cls.resolve_config(task, spec.profile, m_over)
-        clf_cfg = resolve_classifier_config(task, spec.profile, c_over)
-        eval_cfg = resolve_eval_config(e_over, seed)
-        if spec.fold != "all" and spec.fold not in task.fold_names():
-            raise settings.SettingsError(f"--fold {spec.fold!r} is not a fold of {task.name}; "
-                                         f"valid: all, {', '.join(task.fold_names())}")
-        plan.append((seed, task, method_cfg, clf_cfg, eval_cfg))
+    resolved = [(seed, *_resolved(spec, seed)) for seed in check_seeds(spec.seeds)]
     check_writable(Path(spec.out), cache)
     records = []
-    for seed, task, method_cfg, clf_cfg, eval_cfg in plan:
+    for seed, method_cls, task, method_cfg, clf_cfg, eval_cfg in resolved:
         fold_arg = None if spec.fold == "all" else spec.fold
         for fold in task.folds(fold_arg):
             records.append(_run_cell(spec, task, fold, seed, method_cls, method_cfg, clf_cfg,
@@ -314,23 +320,69 @@ def check_writable(*folders: Path, min_free_mb: float = 200.0) -> None:
                           f"{min_free_mb:.0f} MB for its caches and results")
 
 
-def _run_cell(spec: RunSpec, task: Task, fold, seed: int, method_cls, method_cfg: dict,
-              clf_cfg: dict, eval_cfg: EvalConfig, device: torch.device, cache: Path,
-              log) -> dict[str, Any]:
+def plan(spec: RunSpec) -> list[tuple[str, int, Path]]:
+    """(fold, seed, cell folder) of every cell of ``spec``, without loading any data: checks
+    every name and setting (what ``sweep`` does before submitting anything)."""
+    out = []
+    for seed in check_seeds(spec.seeds):
+        method_cls, task, method_cfg, clf_cfg, eval_cfg = _resolved(spec, seed)
+        names = task.fold_names()
+        for fold in (names if spec.fold == "all" else [spec.fold]):
+            _, _, path = _cell_identity(spec, task, fold, seed, method_cls, method_cfg,
+                                        clf_cfg, eval_cfg)
+            out.append((fold, seed, path))
+    return out
+
+
+def dependency_key(spec: RunSpec, seed: int) -> tuple:
+    """What the shared artefacts of a cell depend on: cells with equal keys share f, the
+    dictionary and the waveform cache, so a sweep's dependency stage builds them once."""
+    method_cls, task, method_cfg, clf_cfg, _ = _resolved(spec, seed)
+    dictionary = None
+    if method_cls.needs_dictionary:
+        dictionary = (int(method_cfg["K"]), method_cfg.get("nmf_mu"), method_cfg.get("nmf_iter"))
+    return (task.name, spec.fold, seed, spec.profile, spec.data_root,
+            config_hash({"clf": clf_cfg, "opts": spec.task_options,
+                         "weights": spec.classifier_weights}), dictionary)
+
+
+def prepare_shared(spec: RunSpec, log=print) -> list[dict[str, Any]]:
+    """Build (or find cached) the shared artefacts of ``spec``'s cells: waveform caches, the
+    classifier f and, when the method needs one, the NMF dictionary. Each is built under its
+    file lock, so concurrent calls build every artefact once."""
+    device = resolve_device(spec.device)
+    cache = _cache_root(spec)
+    built = []
+    for seed in spec.seeds:
+        method_cls, task, method_cfg, clf_cfg, _ = _resolved(spec, seed)
+        for fold in task.folds(None if spec.fold == "all" else spec.fold):
+            data, _report = _load_data(spec, task, fold, seed, device, cache)
+            _, f_info = get_classifier(data, clf_cfg, cache, seed, spec.classifier_weights, log)
+            item = {"task": task.name, "fold": fold.name, "seed": seed,
+                    "classifier": f_info["checkpoint"], "classifier_cached": f_info["cached"]}
+            if method_cls.needs_dictionary:
+                _, d_info = get_dictionary(data, int(method_cfg["K"]), seed, cache, method_cfg, log)
+                item["dictionary_cached"] = bool(d_info.get("cached"))
+            built.append(item)
+    return built
+
+
+def _cell_identity(spec: RunSpec, task: Task, fold_name: str, seed: int, method_cls,
+                   method_cfg: dict, clf_cfg: dict, eval_cfg: EvalConfig):
     name = getattr(method_cls, "registry_name", "") or spec.method
     resolved = {"method": name, "method_config": method_cfg, "task": task.describe(),
-                "fold": fold.name, "seed": seed, "classifier_config": clf_cfg,
+                "fold": fold_name, "seed": seed, "classifier_config": clf_cfg,
                 "eval_config": eval_cfg.as_dict(), "profile": spec.profile,
                 "classifier_weights": spec.classifier_weights, "data_root": spec.data_root,
                 "task_options": spec.task_options}
     if spec.sanity:  # only then, so that the hash of every other cell stays as it was
         resolved["sanity"] = spec.sanity
     chash = config_hash(resolved)
-    path = cell_dir(spec.out, task.name, name, fold.name, seed, chash)
-    if is_done(path) and not spec.force:
-        log(f"[skip] {path} is done (use --force to redo it)")
-        return read_cell(path)
-    t0 = time.time()
+    return resolved, chash, cell_dir(spec.out, task.name, name, fold_name, seed, chash)
+
+
+def _load_data(spec: RunSpec, task: Task, fold, seed: int, device: torch.device,
+               cache: Path) -> tuple[TaskData, LoadReport]:
     fe_cfg = task.frontend
     report = LoadReport()
     kw = {"on_bad_file": spec.on_bad_file, "report": report, "cache_dir": cache,
@@ -341,6 +393,20 @@ def _run_cell(spec: RunSpec, task: Task, fold, seed: int, method_cls, method_cfg
                     test=materialize(fold.test, fe_cfg, desc="test", **kw),
                     frontend=Frontend(fe_cfg, device), seed=seed, device=device,
                     cache_dir=str(cache))
+    return data, report
+
+
+def _run_cell(spec: RunSpec, task: Task, fold, seed: int, method_cls, method_cfg: dict,
+              clf_cfg: dict, eval_cfg: EvalConfig, device: torch.device, cache: Path,
+              log) -> dict[str, Any]:
+    resolved, chash, path = _cell_identity(spec, task, fold.name, seed, method_cls,
+                                           method_cfg, clf_cfg, eval_cfg)
+    if is_done(path) and not spec.force:
+        log(f"[skip] {path} is done (use --force to redo it)")
+        return read_cell(path)
+    t0 = time.time()
+    fe_cfg = task.frontend
+    data, report = _load_data(spec, task, fold, seed, device, cache)
     f, f_info = get_classifier(data, clf_cfg, cache, seed, spec.classifier_weights, log)
     dict_info = None
     if method_cls.needs_dictionary:
