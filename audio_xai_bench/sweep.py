@@ -364,7 +364,15 @@ def check_slurm() -> None:
                            "(nothing was submitted)") from None
     if shutil.which("sbatch") is None:
         raise RuntimeError("Slurm is not reachable: no sbatch on PATH (nothing was submitted)")
-    res = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+    conf = os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")
+    if not os.path.isfile(conf):  # scontrol would retry for a minute before failing
+        raise RuntimeError(f"Slurm is not reachable: no configuration file {conf} "
+                           "(set SLURM_CONF); nothing was submitted")
+    try:
+        res = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError("Slurm is not reachable (scontrol ping gave no answer in 30 s); "
+                           "nothing was submitted") from None
     if res.returncode != 0 or "UP" not in res.stdout:
         why = (res.stdout + res.stderr).strip().splitlines()
         raise RuntimeError(f"Slurm is not reachable (scontrol ping: "
