@@ -98,10 +98,13 @@ def _parse_seeds(text: str) -> list[int]:
 def cmd_run(args: argparse.Namespace) -> int:
     from .runner import RunSpec, run, summarize
 
-    if args.threads:
-        import torch
+    import torch
 
-        torch.set_num_threads(args.threads)
+    from .sweep import default_threads
+
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be a positive integer, got {args.threads}")
+    torch.set_num_threads(args.threads or default_threads())
 
     seeds = _parse_seeds(args.seeds) if args.seeds else [args.seed]
     spec = RunSpec(method=args.method, task=args.task, data_root=args.data_root, fold=args.fold,
@@ -367,8 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--classifier-weights", default=None,
                    help="checkpoint of the Kumar network to fine-tune instead of training f from scratch")
     r.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's choice; use 1 when several "
-                        "runs share a small machine: oversubscribed threads slow torch down a lot)")
+                   help="CPU threads for torch (default: SLURM_CPUS_PER_TASK, else "
+                        "OMP_NUM_THREADS, else the usable cores; use 1 when several runs share "
+                        "a small machine: oversubscribed threads slow torch down a lot)")
     r.add_argument("--sanity", nargs="?", const="all", default=None, metavar="STAGES",
                    help="also run the Adebayo et al. sanity checks (refits the method per "
                         "randomised layer; STAGES e.g. head,B6,B1, default all)")

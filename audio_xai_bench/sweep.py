@@ -219,6 +219,18 @@ def dependency_cells(cells: list[Cell], common: Common) -> list[Cell]:
 # --------------------------------------------------------------------------------------------
 # local executor
 # --------------------------------------------------------------------------------------------
+def default_threads() -> int:
+    """``run``'s torch threads when ``--threads`` is not given: ``SLURM_CPUS_PER_TASK`` inside
+    a Slurm job, else ``OMP_NUM_THREADS`` when set, else the cores this process may use
+    (``os.sched_getaffinity``, which honours taskset / cgroup cpusets)."""
+    for var in ("SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS"):
+        with contextlib.suppress(KeyError, ValueError):
+            n = int(os.environ[var])
+            if n > 0:
+                return n
+    return max(1, len(os.sched_getaffinity(0)))
+
+
 def thread_policy(jobs: int | None, n_cells: int, cores: int | None = None) -> tuple[int, int]:
     """(workers, torch threads per worker) with workers × threads ≤ cores: oversubscribed
     intra-op threads made forward passes ~100× slower on 2 cores (issue 15)."""

@@ -138,3 +138,13 @@ def test_real_slurm_sweep_equals_local_and_resumes_after_scancel(tmp_path: Path,
     a, b = _metrics(tmp_path / "slurm"), _metrics(tmp_path / "local")
     assert len(a) == 6 and a == b
     print(f"real Slurm part: {slurm_s:.1f} s (submit, cancel, follow, resubmit)")
+
+
+def test_default_thread_policy_of_run(monkeypatch):
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert sw.default_threads() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert sw.default_threads() == 3
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "5")
+    assert sw.default_threads() == 5
