@@ -302,6 +302,11 @@ def _local_stage(fn: Callable, cells: list[Cell], common: Common, workers, logs:
         except KeyboardInterrupt:
             for fut in pending:
                 fut.cancel()
+            # stop the running cells now: they are atomic (nothing half-written is ever read)
+            # and a dead process's file locks are released by the kernel
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                with contextlib.suppress(OSError):
+                    proc.terminate()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
     return outcomes
