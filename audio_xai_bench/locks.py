@@ -84,6 +84,12 @@ def clean_stale(artefact: str | os.PathLike, patterns: tuple[str, ...]) -> list[
 
 def report_unreadable(path: str | os.PathLike, exc: BaseException, log=None) -> None:
     """Say that a cache file cannot be read (naming it) and that it will be rebuilt."""
-    msg = (f"warning: cache file {path} is unreadable ({type(exc).__name__}: {exc}); "
-           f"removing it and rebuilding")
+    import pickle
+
+    if isinstance(exc, pickle.UnpicklingError):
+        why = "not a plain state dict: refused to unpickle it"
+    else:
+        lines = str(exc).strip().splitlines()
+        why = f"{type(exc).__name__}: {lines[0] if lines else 'no detail'}"
+    msg = f"warning: cache file {path} is unreadable ({why}); removing it and rebuilding"
     (log or (lambda m: print(m, file=sys.stderr)))(msg)

@@ -139,3 +139,18 @@ def test_unreadable_cached_checkpoint_is_named_and_removed(tmp_path: Path, conte
     assert torch.equal(_load_cached(path, ("W",))["W"], torch.ones(2))
     torch.save({"other": 1}, path)  # a readable file that is not this artefact is rebuilt
     assert _load_cached(path, ("W",), log=lambda m: None) is None and not path.exists()
+
+
+class _NotAllowed:
+    pass
+
+
+def test_refused_pickle_in_cache_is_named_without_advice(tmp_path: Path, capsys):
+    from audio_xai_bench.runner import _load_cached
+
+    path = tmp_path / "0-0-abc.pt"
+    torch.save({"model": _NotAllowed()}, path)  # a global weights_only refuses
+    assert _load_cached(path, ("model",), log=lambda m: print(m, file=sys.stderr)) is None
+    err = capsys.readouterr().err
+    assert str(path) in err and "not a plain state dict" in err
+    assert "weights_only=False" not in err and not path.exists()
