@@ -235,6 +235,8 @@ def get_dictionary(data: TaskData, k: int, seed: int, cache: Path, method_cfg: d
 def _learn_dictionary(data: TaskData, k: int, seed: int, mu: float, n_iter: int, path: Path,
                       log) -> tuple[Tensor, dict]:
     task = data.task
+    from . import nmf
+
     log(f"learning the NMF dictionary (K={k}) for {task.name} fold {data.fold}")
     # the task says which splits its recipe reads (ESC-50: train + valid, the paper's 1600 clips)
     splits = [getattr(data, s) for s in getattr(task, "dictionary_splits", ("train",))]
