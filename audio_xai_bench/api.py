@@ -75,7 +75,7 @@ class SplitData:
     target: Tensor  # (B, C) float32
     mask: Tensor  # (B, C) bool
     sources: Tensor | None = None  # (B, E, N) clean event sources (synthetic tasks)
-    source_classes: Tensor | None = None  # (B, E) long, -1 = padding
+    source_classes: Tensor | None = None  # (B, E) long, -1 = padding, -2 = distractor event
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -108,6 +108,10 @@ class Batch:
     target: Tensor  # (B, C)
     mask: Tensor  # (B, C) bool
     index: Tensor  # (B,) long, row in the split
+    # true event sources, filled only for methods that declare ``needs_sources`` on tasks
+    # that have them (``Task.has_sources``); same layout as ``SplitData``
+    sources: Tensor | None = None  # (B, E, N)
+    source_classes: Tensor | None = None  # (B, E) long, -1 = padding, -2 = distractor
 
     def __len__(self) -> int:
         return self.wave.shape[0]
@@ -156,6 +160,17 @@ class Task:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    # the task keeps the clean source of every event (``Example.sources``): ground-truth
+    # metrics and the reference explainers that need them (``needs_sources``) run on it
+    has_sources: ClassVar[bool] = False
+
+    @classmethod
+    def data_seed_for(cls, run_seed: int, options: dict[str, Any]) -> int:
+        """The ``seed`` a run with seed ``run_seed`` builds this task with. Default 0: the
+        data and its splits are fixed and the run seed varies only the models. Generated tasks
+        override it (option ``data_seed``)."""
+        return 0
 
     def fold_names(self) -> list[str]:
         """Names of the folds; ``run --fold all`` runs each."""
@@ -306,6 +321,8 @@ class Explainer:
     capabilities: ClassVar[frozenset[str]] = frozenset()
     posthoc: ClassVar[bool] = True
     needs_dictionary: ClassVar[bool] = False  # ask the engine for the task's NMF dictionary
+    # reads the true sources (``Batch.sources``): runs only on tasks with ``has_sources``
+    needs_sources: ClassVar[bool] = False
     listenable: ClassVar[bool] = True  # its components make sense as audio
     defaults: ClassVar[dict[str, Any]] = {}
     small_profile: ClassVar[dict[str, Any]] = {}  # overrides for ``--profile small``

@@ -1,4 +1,4 @@
-"""Command line: ``audio-xai-bench run | list | prepare | leaderboard | compare | report``."""
+"""Command line: ``audio-xai-bench run | list | prepare | leaderboard | compare | report | meta``."""
 from __future__ import annotations
 
 import argparse
@@ -56,6 +56,11 @@ METRIC_DOCS: dict[str, str] = {
     "groundtruth/energy_precision_input_mean": "the same share for the input itself",
     "groundtruth/mask_precision_mean@tau": "share of x_int's log1p magnitude inside the oracle mask",
     "groundtruth/mask_precision_input_mean": "the same share for the input itself",
+    "groundtruth/rank_accuracy_mean@tau": "CLEVR-XAI relevance rank accuracy: share of the top-|M| bins of the map inside the target mask",
+    "groundtruth/time_auc_mean@tau": "ROC-AUC of per-frame relevance vs the target's active frames (Bolanos et al. 2025)",
+    "groundtruth/distractor_share_mean@tau": "share of the map's log1p mass on the distractors' mask (synth-mix, synth-multilabel; lower is better)",
+    "groundtruth/distractor_energy_share_mean@tau": "the same in linear energy",
+    "groundtruth/distractor_share_input_mean": "the same share for the input itself",
 }
 
 
@@ -342,6 +347,46 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_meta(args: argparse.Namespace) -> int:
+    """Run the reference explainers through the normal runner and meta-evaluate every metric."""
+    from pathlib import Path
+
+    from .metrics import meta
+    from .registry import METHODS, TASKS
+    from .runner import RunSpec, check_sources, run
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    seeds = _parse_seeds(args.seeds)
+    methods = list(meta.REFERENCE_METHODS)
+    task_cls = TASKS.get(args.task)
+    for m in methods:  # refuse a task without sources before any work
+        check_sources(METHODS.get(m), task_cls, m, args.task)
+    opts = _parse_task_options(args.task_option)
+    for m in methods:
+        run(RunSpec(method=m, task=args.task, seeds=seeds, device=args.device, out=args.out,
+                    profile=args.profile, task_options=opts, force=args.force,
+                    overrides=_parse_sets(args.set)))
+    metrics, pairs = meta.load_cells(args.out, args.task, methods, seeds)
+    table = meta.meta_table(metrics, pairs, alpha=args.alpha, methods=methods)
+    path = Path(args.csv) if args.csv else Path(args.out) / args.task / "meta.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    print(meta.format_table(table, methods))
+    n_valid = int((table["valid"].astype(str) == "True").sum())
+    n_checked = int(table["valid"].astype(str).isin(["True", "False"]).sum())
+    print(f"\n{n_valid} of {n_checked} metrics order the reference explainers as expected "
+          f"(alpha={args.alpha}, Holm); table: {path}")
+    if args.publish:
+        from .leaderboard import publish_meta
+
+        for p in publish_meta(table, args.task, args.root):
+            print(f"published {p}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="audio-xai-bench",
                                 description="Evaluate interpretability methods of audio "
@@ -418,6 +463,24 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--no-wait", action="store_true",
                     help="submit and return; follow with sweep --status")
     sw.set_defaults(func=cmd_sweep)
+    mt = sub.add_parser("meta", help="meta-evaluate every metric on the reference explainers "
+                                     "(oracle, energy, random, anti-oracle)")
+    mt.add_argument("--task", default="synth-mix", help="a task with true sources (default: synth-mix)")
+    mt.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    mt.add_argument("--profile", default="default", choices=["default", "small"])
+    mt.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    mt.add_argument("--out", default="runs", help="results root (default: runs)")
+    mt.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    mt.add_argument("--alpha", type=float, default=0.01, help="significance after Holm (0.01)")
+    mt.add_argument("--csv", default=None, help="table path (default OUT/TASK/meta.csv)")
+    mt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="as for run (eval.KEY reaches the scorer)")
+    mt.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE")
+    mt.add_argument("--force", action="store_true", help="redo cells that are already done")
+    mt.add_argument("--publish", action="store_true",
+                    help="write ROOT/TASK_meta.csv and the :valid columns of ROOT/TASK_summary.csv")
+    mt.add_argument("--root", default="leaderboard", help="published leaderboard folder")
+    mt.set_defaults(func=cmd_meta)
 
     ls = sub.add_parser("list", help="list methods, tasks and metrics, or one method's settings")
     ls.add_argument("--method", default=None,

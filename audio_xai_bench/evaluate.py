@@ -122,7 +122,8 @@ class Scorer:
         self.cfg = config or EvalConfig()
         self.kind = data.task.kind
         self.loader = BatchLoader(data.test, data.frontend, self.cfg.batch_size,
-                                  device=data.device, with_phase=True)
+                                  device=data.device, with_phase=True,
+                                  with_sources=bool(getattr(explainer, "needs_sources", False)))
         self.caps = set(explainer.capabilities)
         self._thr: dict[str, np.ndarray] | None = None
         cfg = self.cfg
@@ -212,8 +213,11 @@ class Scorer:
 
     @staticmethod
     def _subset(batch: Batch, rows: Tensor) -> Batch:
+        src = None if batch.sources is None else batch.sources[rows]
+        src_cls = None if batch.source_classes is None else batch.source_classes[rows]
         return Batch(*(getattr(batch, n)[rows] for n in
-                       ("wave", "X", "phase", "logmel", "target", "mask", "index")))
+                       ("wave", "X", "phase", "logmel", "target", "mask", "index")),
+                     sources=src, source_classes=src_cls)
 
     def _probs_of(self, sub: Batch, X2: Tensor, rows: Tensor) -> Tensor:
         """The explained model's (m, C) probabilities on x₂ = INV(X2, P) re-analysed, for m
@@ -334,9 +338,16 @@ class Scorer:
         sc = split.source_classes[idx].to(keep.device)
         match = (sc == classes.unsqueeze(1)).unsqueeze(-1)
         source = (src * match).sum(1)
+        # distractors of the explained class: every other real event (synth-mix's distractor
+        # pool, or in synth-multilabel the other classes' events); -1 is padding
+        other = ((sc != classes.unsqueeze(1)) & (sc != -1)).unsqueeze(-1)
+        has_dis = other.squeeze(-1).any(1)
+        distractor = (src * other).sum(1)
         fe = self.data.frontend
         x_int = fe.invert(keep, sub.phase, sub.wave.shape[-1])
-        empty = keep.flatten(1).amax(1) <= 0  # nothing selected: no interpretation to score
+        # nothing selected (no interpretation to score), or the explained class has no event
+        # in the clip (f or a multilabel threshold picked an absent class: no ground truth)
+        empty = (keep.flatten(1).amax(1) <= 0) | ~match.squeeze(-1).any(1)
         nan = torch.full_like(empty, float("nan"), dtype=keep.dtype)
         sdri = gt.si_sdr_improvement(x_int, sub.wave, source)
         out = {f"si_sdri@{tau}": torch.where(empty, nan, sdri)}
@@ -350,9 +361,27 @@ class Scorer:
         m = oracle.to(keep.dtype)
         mass = (keep * m).sum((1, 2)) / keep.sum((1, 2)).clamp_min(1e-12)
         out[f"mask_precision@{tau}"] = torch.where(empty, nan, mass)
+        # CLEVR-XAI rank accuracy (the same in log1p and linear energy: rank-based) and
+        # Bolaños et al.'s time localisation, on the same map Σ_{k∈L} X_k
+        out[f"rank_accuracy@{tau}"] = torch.where(empty, nan, gt.relevance_rank_accuracy(keep, oracle))
+        active = gt.active_frames(src_mag)
+        out[f"time_auc@{tau}"] = torch.where(empty, nan, gt.roc_auc(keep.sum(1), active))
+        if bool(has_dis.any()):
+            dis_mask = gt.oracle_mask(fe.stft(distractor).abs(), mix_mag)
+            bad = empty | ~has_dis
+            out[f"distractor_share@{tau}"] = torch.where(
+                bad, nan, gt.relevance_mass_accuracy(keep, dis_mask))
+            out[f"distractor_energy_share@{tau}"] = torch.where(
+                bad, nan, gt.relevance_mass_accuracy(torch.expm1(keep).double() ** 2, dis_mask))
+            if tau == self.cfg.taus[0]:
+                out["distractor_share_input"] = torch.where(
+                    has_dis, gt.relevance_mass_accuracy(sub.X, dis_mask), nan)
         if tau == self.cfg.taus[0]:
-            out["energy_precision_input"] = gt.mask_energy_precision(mix_mag, oracle)
-            out["mask_precision_input"] = (sub.X * m).sum((1, 2)) / sub.X.sum((1, 2)).clamp_min(1e-12)
+            absent = ~match.squeeze(-1).any(1)
+            out["energy_precision_input"] = torch.where(
+                absent, nan, gt.mask_energy_precision(mix_mag, oracle).to(nan.dtype))
+            out["mask_precision_input"] = torch.where(
+                absent, nan, (sub.X * m).sum((1, 2)) / sub.X.sum((1, 2)).clamp_min(1e-12))
         return out
 
     def _lmac(self, sub: Batch, e, classes: Tensor, p: Tensor) -> dict[str, Tensor]:
@@ -538,11 +567,19 @@ class Scorer:
                         pairs[f"energy_precision@{tau}"].mean())
                     m[f"groundtruth/mask_precision_mean@{tau}"] = float(
                         pairs[f"mask_precision@{tau}"].mean())
+                    for col in ("rank_accuracy", "time_auc", "distractor_share",
+                                "distractor_energy_share"):
+                        if f"{col}@{tau}" in pairs and pairs[f"{col}@{tau}"].notna().any():
+                            m[f"groundtruth/{col}_mean@{tau}"] = float(
+                                pairs[f"{col}@{tau}"].mean())
             if "energy_precision_input" in pairs:
                 m["groundtruth/energy_precision_input_mean"] = float(
                     pairs["energy_precision_input"].mean())
                 m["groundtruth/mask_precision_input_mean"] = float(
                     pairs["mask_precision_input"].mean())
+            if "distractor_share_input" in pairs and pairs["distractor_share_input"].notna().any():
+                m["groundtruth/distractor_share_input_mean"] = float(
+                    pairs["distractor_share_input"].mean())
         return m
 
     def _per_sample(self, f_probs: np.ndarray, s_all, g_all) -> pd.DataFrame:

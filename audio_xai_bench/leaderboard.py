@@ -89,9 +89,14 @@ _ALIASES: dict[str, tuple[str, str]] = {
     "energy_precision_mean": ("groundtruth", "mask_precision"),
     "energy_recall_mean": ("groundtruth", "mask_recall"),
     "mask_precision_mean": ("groundtruth", "mask_precision"),
+    "rank_accuracy_mean": ("groundtruth", "rank_accuracy"),
+    "time_auc_mean": ("groundtruth", "time_auc"),
+    "distractor_share_mean": ("groundtruth", "distractor_share"),
+    "distractor_energy_share_mean": ("groundtruth", "distractor_share"),
 }
 _NOT_APPLICABLE = {"n_test", "n_pairs", "n_selected_mean", "random_n_mean",
-                   "energy_precision_input_mean", "mask_precision_input_mean"}
+                   "energy_precision_input_mean", "mask_precision_input_mean",
+                   "distractor_share_input_mean"}
 _HIGHER_GROUPS = {"classifier", "classification", "official", "fidelity"}
 
 #: Metrics shown by ``audio-xai-bench leaderboard`` (those present are printed).
@@ -537,8 +542,38 @@ def publish(long_df: pd.DataFrame, task: str, root: str | os.PathLike = "leaderb
         merged = merged.sort_values(["method", "variant", "fold", "seed", "run_id", "metric"],
                                     ignore_index=True)[COLUMNS]
         _atomic_csv(merged, path)
-        _atomic_csv(summary(merged), spath)
+        _atomic_csv(_with_meta(summary(merged), root, task), spath)
     return path, spath
+
+
+def _with_meta(wide: pd.DataFrame, root: Path, task: str) -> pd.DataFrame:
+    """``<metric>:valid`` columns from ``<root>/<task>_meta.csv`` (``audio-xai-bench meta
+    --publish``), when it exists."""
+    mpath = root / f"{task}_meta.csv"
+    if not mpath.is_file():
+        return wide
+    from .metrics import meta
+
+    return meta.apply_validity(wide, meta.validity(pd.read_csv(mpath)))
+
+
+def publish_meta(table: pd.DataFrame, task: str, root: str | os.PathLike = "leaderboard"
+                 ) -> list[Path]:
+    """Write the meta table to ``<root>/<task>_meta.csv`` and, when the summary exists, rewrite
+    ``<root>/<task>_summary.csv`` with its ``:valid`` columns (same lock as ``publish``)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    mpath, spath = root / f"{task}_meta.csv", root / f"{task}_summary.csv"
+    with _locked(root / f".{task}.lock"):
+        _atomic_csv(table, mpath)
+        written = [mpath]
+        long_path = root / f"{task}.csv"
+        if long_path.is_file():
+            old = _read_long(long_path)
+            if len(old):
+                _atomic_csv(_with_meta(summary(_normalise(old)), root, task), spath)
+                written.append(spath)
+    return written
 
 
 # ---------------------------------------------------------------------------------------------

@@ -115,6 +115,9 @@ for _name, _spec in {
     "l2i": "audio_xai_bench.methods.l2i:L2I",
     "l2i-max": "audio_xai_bench.methods.l2i:L2IMax",
     "random": "audio_xai_bench.methods.random_baseline:RandomExplainer",
+    "oracle": "audio_xai_bench.methods.reference:OracleExplainer",
+    "anti-oracle": "audio_xai_bench.methods.reference:AntiOracleExplainer",
+    "energy": "audio_xai_bench.methods.reference:EnergyExplainer",
     "l2i-bd": "audio_xai_bench.methods.l2i_bd:L2IByDesign",
     "l2i-bd-nopred": "audio_xai_bench.methods.l2i_bd:L2IByDesignNoPred",
     "l2i-posthoc": "audio_xai_bench.methods.l2i_bd:L2IPosthocPredictor",
@@ -137,6 +140,7 @@ for _name, _spec in {
 for _name, _spec in {
     "synth": "audio_xai_bench.tasks.synth:SynthTask",
     "synth-multilabel": "audio_xai_bench.tasks.synth:SynthMultilabelTask",
+    "synth-mix": "audio_xai_bench.tasks.synth_mix:SynthMixTask",
     "esc50": "audio_xai_bench.tasks.esc50:ESC50Task",
     "esc10": "audio_xai_bench.tasks.esc50:ESC10Task",
     "sonyc-ust": "audio_xai_bench.tasks.sonyc_ust:SonycUSTTask",

@@ -257,14 +257,37 @@ def _learn_dictionary(data: TaskData, k: int, seed: int, mu: float, n_iter: int,
 # --------------------------------------------------------------------------------------------
 # cells
 # --------------------------------------------------------------------------------------------
+def tasks_with_sources() -> list[str]:
+    """Registered tasks that keep their true sources (``Task.has_sources``)."""
+    out = []
+    for name in TASKS.names():
+        try:
+            if getattr(TASKS.get(name), "has_sources", False):
+                out.append(name)
+        except Exception:  # a broken plugin must not hide the others
+            continue
+    return out
+
+
+def check_sources(method_cls, task_cls, method: str, task: str) -> None:
+    """A method that reads the true sources (``needs_sources``) refuses, before any work, a
+    task that does not keep them, naming the tasks that do."""
+    if getattr(method_cls, "needs_sources", False) and not getattr(task_cls, "has_sources", False):
+        raise ValueError(f"method {method!r} needs the true sources of the events, which task "
+                         f"{task!r} does not have; tasks with true sources: "
+                         f"{', '.join(tasks_with_sources())}")
+
+
 def _resolved(spec: RunSpec, seed: int):
     """(method class, task, method / classifier / scorer settings) of one seed of ``spec``."""
     method_cls = METHODS.get(spec.method)
     if not (isinstance(method_cls, type) and issubclass(method_cls, Explainer)):
         raise TypeError(f"method {spec.method!r} is not an audio_xai_bench.api.Explainer subclass")
     task_cls = TASKS.get(spec.task)
+    check_sources(method_cls, task_cls, spec.method, spec.task)
     m_over, c_over, e_over = split_overrides(spec.overrides)
-    task: Task = task_cls(data_root=spec.data_root, profile=spec.profile, seed=0,
+    task: Task = task_cls(data_root=spec.data_root, profile=spec.profile,
+                          seed=task_cls.data_seed_for(seed, spec.task_options),
                           **spec.task_options)
     method_cfg = method_cls.resolve_config(task, spec.profile, m_over)
     clf_cfg = resolve_classifier_config(task, spec.profile, c_over)

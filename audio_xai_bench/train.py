@@ -31,8 +31,10 @@ class BatchLoader:
 
     def __init__(self, split: SplitData, frontend, batch_size: int = 32, shuffle: bool = False,
                  seed: int = 0, device: torch.device | str = "cpu", with_phase: bool = False,
-                 cache_bytes: float = 2e9) -> None:
+                 cache_bytes: float = 2e9, with_sources: bool = False) -> None:
         self.split, self.frontend = split, frontend
+        # fill Batch.sources / source_classes (methods that declare ``needs_sources``)
+        self.with_sources = with_sources and split.sources is not None
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.device = torch.device(device)
         self.with_phase = with_phase
@@ -74,9 +76,13 @@ class BatchLoader:
             S = self.frontend.stft(wave).abs()
             X, logmel = torch.log1p(S), self.frontend.logmel_from_magnitude(S)
             phase = torch.empty(0, device=self.device)
+        src = src_cls = None
+        if self.with_sources:
+            src = s.sources[index].to(self.device)
+            src_cls = s.source_classes[index].to(self.device)
         return Batch(wave=wave, X=X, phase=phase, logmel=logmel,
                      target=s.target[index].to(self.device), mask=s.mask[index].to(self.device),
-                     index=index.to(self.device))
+                     index=index.to(self.device), sources=src, source_classes=src_cls)
 
     def __iter__(self) -> Iterator[Batch]:
         n = len(self.split)

@@ -85,12 +85,14 @@ GENERATORS: list[Callable[[np.ndarray, np.random.Generator], np.ndarray]] = [
     _click_train, _am_tone, _rumble, _chirp_pair]
 
 
-def make_event(cls: int, n_clip: int, rng: np.random.Generator) -> np.ndarray:
-    """A clean source of class ``cls`` placed at a random time in a silent clip."""
-    dur = int(rng.uniform(0.6, 1.4) * SR)
+def place_event(gen: Callable[[np.ndarray, np.random.Generator], np.ndarray], n_clip: int,
+                rng: np.random.Generator, seconds: tuple[float, float] = (0.6, 1.4)) -> np.ndarray:
+    """A clean source made by ``gen`` (duration uniform in ``seconds``, raised-cosine envelope,
+    RMS 0.1) placed at a random onset in a silent clip of ``n_clip`` samples."""
+    dur = int(rng.uniform(*seconds) * SR)
     dur = min(dur, n_clip)
     t = np.arange(dur) / SR
-    sig = GENERATORS[cls](t, rng) * _envelope(dur, rng)
+    sig = gen(t, rng) * _envelope(dur, rng)
     sig = sig / (np.sqrt(np.mean(sig ** 2)) + 1e-12) * 0.1
     out = np.zeros(n_clip)
     start = int(rng.integers(0, n_clip - dur + 1))
@@ -98,13 +100,23 @@ def make_event(cls: int, n_clip: int, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def make_event(cls: int, n_clip: int, rng: np.random.Generator) -> np.ndarray:
+    """A clean source of class ``cls`` placed at a random time in a silent clip."""
+    return place_event(GENERATORS[cls], n_clip, rng)
+
+
+def background_noise(n_clip: int, rng: np.random.Generator) -> np.ndarray:
+    """Pink-ish (1/sqrt(f) amplitude above 50 Hz) background noise, unit-free."""
+    white = np.fft.rfft(rng.standard_normal(n_clip))
+    f = np.fft.rfftfreq(n_clip, 1 / SR)
+    return np.fft.irfft(white / np.sqrt(np.maximum(f, 50.0)), n_clip)
+
+
 def make_clip(classes: list[int], n_clip: int, rng: np.random.Generator,
               snr_db: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
     """Mixture of events over pink-ish background noise at a random SNR (per event RMS)."""
     sources = np.stack([make_event(c, n_clip, rng) for c in classes])
-    white = np.fft.rfft(rng.standard_normal(n_clip))
-    f = np.fft.rfftfreq(n_clip, 1 / SR)
-    noise = np.fft.irfft(white / np.sqrt(np.maximum(f, 50.0)), n_clip)
+    noise = background_noise(n_clip, rng)
     active = np.abs(sources).sum(0) > 0
     ev_rms = np.sqrt(np.mean(sources.sum(0)[active] ** 2))
     snr = rng.uniform(*snr_db)
@@ -146,9 +158,29 @@ class SynthTask(Task):
     # the 32 test clips), so tests on synth small run against an f that is above chance
     classifier_small: ClassVar[dict[str, Any]] = {"epochs": 10, "batch_size": 8, "lr": 3e-3,
                                                   "width": 0.125}
+    has_sources: ClassVar[bool] = True
+    OPTIONS: ClassVar[tuple[str, ...]] = ("data_seed",)
+
+    @classmethod
+    def data_seed_for(cls, run_seed: int, options: dict[str, Any]) -> int:
+        """Option ``data_seed``: ``run`` (default) generates the clips from the run seed, so
+        seeds vary the data as well as the models (the spread over seeds then includes the
+        variance over data); an integer fixes the data for every seed."""
+        value = options.get("data_seed", "run")
+        if str(value) == "run":
+            return int(run_seed)
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"task option data_seed must be 'run' or an integer, not "
+                             f"{value!r}") from None
 
     def __init__(self, data_root: str | None = None, profile: str = "default", seed: int = 0,
                  **options: Any) -> None:
+        unknown = sorted(set(options) - set(self.OPTIONS))
+        if unknown:
+            raise KeyError(f"unknown task option(s) {unknown} for {self.name}; valid: "
+                           f"{', '.join(self.OPTIONS)}")
         super().__init__(data_root, profile, seed, **options)
         if profile not in self.PROFILES:
             raise KeyError(f"unknown profile {profile!r} for {self.name}; valid: "
@@ -156,6 +188,9 @@ class SynthTask(Task):
         self.classes = list(CLASSES)
         self.frontend = FrontendConfig(sample_rate=SR, n_fft=1024, hop_length=512, n_mels=64,
                                        clip_seconds=3.0)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "data_seed": int(self.seed)}
 
     def _labels(self, rng: np.random.Generator, i: int) -> list[int]:
         return [i % len(self.classes)]

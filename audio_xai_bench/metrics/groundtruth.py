@@ -9,6 +9,12 @@ suite's own, defined from standard source-separation measures:
 - precision / recall of the interpretation's spectrogram energy against an oracle mask of the
   time-frequency bins where the class source dominates the mixture.
 
+With distractors (``synth-mix``, and ``synth-multilabel`` where the other classes' events are
+the distractors of each explained class), the ground-truth measures of Arras, Osman and Samek,
+"CLEVR-XAI", Information Fusion 2022 (relevance mass accuracy, relevance rank accuracy), and the
+time-localisation score of Bolaños et al., Interspeech 2025 (ROC-AUC of per-frame relevance
+against the target's active frames), applied to the time-frequency map of an interpretation.
+
 All functions are batched torch ops and work on any device.
 """
 from __future__ import annotations
@@ -17,6 +23,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["si_sdr", "si_sdr_improvement", "oracle_mask", "mask_energy_precision", "mask_energy_recall",
+           "relevance_mass_accuracy", "relevance_rank_accuracy", "roc_auc", "active_frames",
            "METRIC_INFO"]
 
 
@@ -106,6 +113,66 @@ def mask_energy_recall(component_mag: Tensor, oracle_mask: Tensor, source_mag: T
     return out.float()
 
 
+def relevance_mass_accuracy(relevance: Tensor, mask: Tensor) -> Tensor:
+    """Relevance mass accuracy (Arras et al. 2022, eq. 1): share of a non-negative relevance
+    map's mass inside the ground-truth mask, sum(R * M) / sum(R). With the mask of the
+    distractors it is the *distractor share*. NaN where the map is all zero.
+    (B, ...) non-negative, (B, ...) bool -> (B,) float32."""
+    R = relevance.double().flatten(1)
+    m = mask.flatten(1).to(R.dtype)
+    den = R.sum(1)
+    out = torch.where(den > 0, (R * m).sum(1) / den.clamp_min(1e-300),
+                      torch.full_like(den, float("nan")))
+    return out.float()
+
+
+def relevance_rank_accuracy(relevance: Tensor, mask: Tensor) -> Tensor:
+    """Relevance rank accuracy (Arras et al. 2022, eq. 2): with K = |M|, the share of the K
+    highest-relevance bins that lie inside the mask. Ties at the K-th value are resolved in
+    expectation (every tied bin is equally likely to be among the top K), so the value does
+    not depend on the order of bins: (#{R > v, M} + (K - #{R > v}) * #{R = v, M} / #{R = v}) / K,
+    v = the K-th largest value. Invariant to any increasing map of R (log1p and linear energy
+    give the same value). NaN where the mask is empty. (B, ...) x2 -> (B,) float32."""
+    R = relevance.double().flatten(1)
+    M = mask.flatten(1)
+    K = M.sum(1)
+    srt = torch.sort(R, dim=1, descending=True).values
+    v = srt.gather(1, (K - 1).clamp_min(0).unsqueeze(1))  # (B, 1) K-th largest
+    gt_ = R > v
+    eq = R == v
+    n_gt = gt_.sum(1).double()
+    a = (gt_ & M).sum(1).double()
+    b = (eq & M).sum(1).double()
+    n_eq = eq.sum(1).double().clamp_min(1)
+    val = (a + (K.double() - n_gt) * b / n_eq) / K.double().clamp_min(1)
+    return torch.where(K > 0, val, torch.full_like(val, float("nan"))).float()
+
+
+def roc_auc(scores: Tensor, labels: Tensor) -> Tensor:
+    """ROC-AUC per row (Mann-Whitney form): P(score of a positive > score of a negative), ties
+    counting 1/2, as ``sklearn.metrics.roc_auc_score``. NaN for a row without positives or
+    without negatives. (B, T) float, (B, T) bool -> (B,) float32. O(T^2) memory per row,
+    meant for per-frame scores (T ~ 100)."""
+    s = scores.double()
+    y = labels.bool()
+    diff = s.unsqueeze(2) - s.unsqueeze(1)  # (B, T, T): s_i - s_j
+    win = (diff > 0).double() + 0.5 * (diff == 0).double()
+    pair = (y.unsqueeze(2) & ~y.unsqueeze(1)).double()  # i positive, j negative
+    n_pos, n_neg = y.sum(1).double(), (~y).sum(1).double()
+    num = (win * pair).sum((1, 2))
+    ok = (n_pos > 0) & (n_neg > 0)
+    val = num / (n_pos * n_neg).clamp_min(1)
+    return torch.where(ok, val, torch.full_like(val, float("nan"))).float()
+
+
+def active_frames(source_mag: Tensor, rel_db: float = -20.0) -> Tensor:
+    """Frames where a source is active: its frame energy sum_f |S|^2 is within ``rel_db`` dB
+    of its loudest frame (and non-zero). (B, F, T) linear magnitude -> (B, T) bool."""
+    e = (source_mag.double() ** 2).sum(1)
+    peak = e.amax(1, keepdim=True)
+    return (e > 0) & (e >= peak * 10 ** (rel_db / 10))
+
+
 def _info() -> dict:
     from ..api import MetricInfo
 
@@ -114,6 +181,11 @@ def _info() -> dict:
         "si_sdri": MetricInfo("si_sdri", True, "Le Roux et al. 2019, SI-SDR(x_int) - SI-SDR(mixture) (dB)"),
         "mask_precision": MetricInfo("mask_precision", True, "suite: energy of x_int inside the oracle mask"),
         "mask_recall": MetricInfo("mask_recall", True, "suite: oracle-masked source energy covered by x_int"),
+        "rank_accuracy": MetricInfo("rank_accuracy", True, "Arras et al. 2022, relevance rank accuracy"),
+        "distractor_share": MetricInfo("distractor_share", False,
+                                       "Arras et al. 2022 mass accuracy on the distractors' mask"),
+        "time_auc": MetricInfo("time_auc", True, "Bolanos et al. 2025, ROC-AUC of per-frame "
+                               "relevance vs the target's active frames"),
     }
 
 
