@@ -222,6 +222,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         try:
             obj = METHODS.get(name)
             caps = ",".join(sorted(getattr(obj, "capabilities", ())))
+            if getattr(obj, "needs_sources", False):
+                caps += ";needs_sources"
             print(f"  {name:20s} [{caps}] {_first_line(obj)}")
         except Exception as exc:  # a broken plugin must not hide the others
             print(f"  {name:20s} (cannot load: {exc})")
@@ -229,7 +231,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in TASKS.names():
         try:
             obj = TASKS.get(name)
-            print(f"  {name:20s} [{obj.kind}] {_first_line(obj)}")
+            src = ";sources" if getattr(obj, "has_sources", False) else ""
+            print(f"  {name:20s} [{obj.kind}{src}] {_first_line(obj)}")
         except Exception as exc:
             print(f"  {name:20s} (cannot load: {exc})")
     print("metrics:")

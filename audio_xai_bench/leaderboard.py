@@ -28,7 +28,8 @@ then by prefix rules:
 - counts (``n_test``, ``faithfulness/n_pairs``, ``n_selected_mean``, ``random_n_mean``) and
   ``groundtruth/energy_precision_input_mean`` (a property of the input clips): not applicable,
   left empty (no rank).
-- ``groundtruth/si_sdri_*``, ``groundtruth/energy_precision_*``: higher is better.
+- ``groundtruth/si_sdri_*``, ``groundtruth/energy_precision_*``, ``rank_accuracy_*``,
+  ``time_auc_*``: higher is better; ``groundtruth/distractor*_share_*``: lower is better.
 - ``lmac/*`` and ``sanity/*``: from the ``METRIC_INFO`` of ``metrics/lmac.py`` and
   ``metrics/sanity.py`` (AD, COMP and the Spearman values lower is better; counts none).
 - ``resources/*`` (wall / fit / eval seconds, peak RSS from ``done.json``): lower is better.

@@ -92,9 +92,11 @@ class OracleExplainer(_Reference):
 
 
 class AntiOracleExplainer(OracleExplainer):
-    """``anti-oracle``: the oracle's ranking reversed, r_k = 1 - r_k(oracle) on the components
-    with mass (0 elsewhere): at τ it selects the components whose oracle relevance is below
-    1 - τ, so at τ = 0.5 exactly the complement of the oracle's selection (up to ties)."""
+    """``anti-oracle``: the oracle's ranking reversed (r = 1 - r_oracle).
+
+    r_k = 1 - r_k(oracle) on the components with mass (0 elsewhere): at τ it selects the
+    components whose oracle relevance is below 1 - τ, so at τ = 0.5 exactly the complement of
+    the oracle's selection (up to ties)."""
 
     @torch.inference_mode()
     def explain(self, batch: Batch, classes: Tensor) -> FactorExplanation:
