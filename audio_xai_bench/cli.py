@@ -368,10 +368,11 @@ def cmd_meta(args: argparse.Namespace) -> int:
     for m in methods:  # refuse a task without sources before any work
         check_sources(METHODS.get(m), task_cls, m, args.task)
     opts = _parse_task_options(args.task_option)
-    for m in methods:
-        run(RunSpec(method=m, task=args.task, seeds=seeds, device=args.device, out=args.out,
-                    profile=args.profile, task_options=opts, force=args.force,
-                    overrides=_parse_sets(args.set)))
+    for seed in seeds:  # seed-major: an interrupted meta leaves complete seeds behind
+        for m in methods:
+            run(RunSpec(method=m, task=args.task, seeds=[seed], device=args.device,
+                        out=args.out, profile=args.profile, task_options=opts,
+                        force=args.force, overrides=_parse_sets(args.set)))
     metrics, pairs = meta.load_cells(args.out, args.task, methods, seeds)
     table = meta.meta_table(metrics, pairs, alpha=args.alpha, methods=methods)
     path = Path(args.csv) if args.csv else Path(args.out) / args.task / "meta.csv"

@@ -138,6 +138,7 @@ def test_oracle_refused_on_a_task_without_sources(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow  # trains the small f and dictionary: ~20 s on a quiet 2-core machine
 def test_oracle_runs_on_synth(tmp_path):
     from audio_xai_bench.cli import main
 
