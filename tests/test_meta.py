@@ -232,12 +232,17 @@ def test_meta_p_values_match_scipy_and_holm():
 
     metrics, pairs = _fake_results()
     t = meta.meta_table(metrics, pairs, direction=lambda n: True).set_index("metric")
+    from scipy.stats import combine_pvalues
+
     raw = []
     for name in ("broken@0.5", "good@0.5"):
         for a, b in meta.FULL:
-            d = np.concatenate([pairs[a][s][name] - pairs[b][s][name] for s in range(3)])
-            raw.append(1.0 if np.all(d == 0) else
-                       wilcoxon(d, alternative="greater", zero_method="zsplit").pvalue)
+            ps = []
+            for s in range(3):
+                d = (pairs[a][s][name] - pairs[b][s][name]).to_numpy()
+                ps.append(1.0 if np.all(d == 0) else
+                          wilcoxon(d, alternative="greater", zero_method="zsplit").pvalue)
+            raw.append(combine_pvalues(ps, method="stouffer").pvalue)
     holm = multipletests(raw, method="holm")[1]
     assert t.loc["groundtruth/good_mean@0.5", "p_holm"] == pytest.approx(max(holm[3:]))
 

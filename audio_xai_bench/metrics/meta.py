@@ -9,7 +9,9 @@ the first row whose pattern matches a metric name applies. For every metric of t
 - the four methods' values (mean over seeds) and whether every expected relation "a better
   than b" holds in that mean, in the metric's direction (``leaderboard.higher_is_better``);
 - for metrics with per-pair values in ``pairs.csv``: a one-sided Wilcoxon signed-rank test of
-  each relation on the pairs (clip, class) shared by the methods, pooled over seeds, Holm-
+  each relation on the pairs (clip, class) where both methods have a value (``n_pairs``: the
+  fewest over the relations, all seeds), within each seed, the seeds' p-values combined with
+  Stouffer's method (seeds are not pooled as if they were i.i.d. pairs), then Holm-
   corrected over every test of the table (``statsmodels.stats.multitest.multipletests``);
   metrics without per-pair values must hold their relations in every seed instead;
 - stability (MetaQuantus-style, Hedström et al., TMLR 2023, "noise resilience"): the mean
@@ -110,6 +112,21 @@ def _one_sided_wilcoxon(better: np.ndarray, worse: np.ndarray, hib: bool) -> flo
     return float(wilcoxon(d, alternative="greater", zero_method="zsplit").pvalue)
 
 
+def _stratified_p(both: pd.DataFrame, a: str, b: str, hib: bool) -> float:
+    """One-sided Wilcoxon of "a better than b" within each seed (the pairs of one cell), the
+    seeds' p-values combined with Stouffer's method (``scipy.stats.combine_pvalues``): each
+    seed is its own data set and f, so pairs are not pooled across seeds as if i.i.d."""
+    from scipy.stats import combine_pvalues
+
+    ps = [_one_sided_wilcoxon(g[a].to_numpy(), g[b].to_numpy(), hib)
+          for _, g in both.groupby(level="_seed")]
+    if not ps:
+        return 1.0
+    if len(ps) == 1:
+        return ps[0]
+    return float(combine_pvalues(np.clip(ps, 1e-300, 1.0), method="stouffer").pvalue)
+
+
 def _stability(per_seed: pd.DataFrame, hib: bool) -> float:
     """Mean Kendall τ between the methods' orderings of every two seeds (rows = seeds,
     columns = methods); NaN with fewer than two complete seeds."""
@@ -177,11 +194,14 @@ def meta_table(metrics: Mapping[str, Mapping[int, Mapping[str, float]]],
                 frames[m] = pd.concat([pairs[m][s].assign(_seed=s) for s in seeds],
                                       ignore_index=True).set_index(
                     ["_seed", "id", "class_index"])[col]
-            joined = pd.DataFrame(frames).dropna()
-            row.update(test="wilcoxon one-sided, pairs pooled over seeds", n_pairs=len(joined))
-            for a, b in exp.relations:
-                tests.append((len(rows), _one_sided_wilcoxon(joined[a].to_numpy(),
-                                                             joined[b].to_numpy(), hib)))
+            joined = pd.DataFrame(frames)
+            n_used = []
+            for a, b in exp.relations:  # pairs where both methods have a value
+                both = joined[[a, b]].dropna()
+                n_used.append(len(both))
+                tests.append((len(rows), _stratified_p(both, a, b, hib)))
+            row.update(test="wilcoxon one-sided per seed, Stouffer-combined",
+                       n_pairs=min(n_used))
         else:
             row.update(test="no per-pair values: must hold in every seed", n_pairs=0)
         row["p_holm"] = np.nan
