@@ -162,7 +162,7 @@ def meta_table(metrics: Mapping[str, Mapping[int, Mapping[str, float]]],
     names = sorted(set.intersection(*(set(k for s in seeds for k in metrics[m][s])
                                       for m in methods)))
     rows: list[dict[str, Any]] = []
-    tests: list[tuple[int, float]] = []  # (row index, raw p)
+    tests: list[tuple[int, str, float]] = []  # (row index, relation, raw p)
     for name in names:
         exp = expectation_for(name)
         hib = direction(name)
@@ -175,7 +175,7 @@ def meta_table(metrics: Mapping[str, Mapping[int, Mapping[str, float]]],
                                "why": exp.why, "n_seeds": len(seeds)}
         if not exp.relations or hib is None or mean.isna().any():
             row.update(order_holds="", holds_every_seed="", test="", n_pairs=0,
-                       p_holm=np.nan, stability=np.nan, valid="")
+                       p_holm=np.nan, p_holm_by_relation="", stability=np.nan, valid="")
             if exp.relations and hib is None:
                 row["why"] += " (metric has no known direction: not checked)"
             rows.append(row)
@@ -199,18 +199,21 @@ def meta_table(metrics: Mapping[str, Mapping[int, Mapping[str, float]]],
             for a, b in exp.relations:  # pairs where both methods have a value
                 both = joined[[a, b]].dropna()
                 n_used.append(len(both))
-                tests.append((len(rows), _stratified_p(both, a, b, hib)))
+                tests.append((len(rows), f"{a}>{b}", _stratified_p(both, a, b, hib)))
             row.update(test="wilcoxon one-sided per seed, Stouffer-combined",
                        n_pairs=min(n_used))
         else:
             row.update(test="no per-pair values: must hold in every seed", n_pairs=0)
         row["p_holm"] = np.nan
+        row["p_holm_by_relation"] = ""
         rows.append(row)
     if tests:
-        reject = multipletests([p for _, p in tests], alpha=alpha, method="holm")
-        for (i, _), p in zip(tests, reject[1]):
+        reject = multipletests([p for _, _, p in tests], alpha=alpha, method="holm")
+        for (i, rel, _), p in zip(tests, reject[1]):
             prev = rows[i]["p_holm"]
             rows[i]["p_holm"] = float(p) if np.isnan(prev) else max(prev, float(p))
+            sep = "; " if rows[i]["p_holm_by_relation"] else ""
+            rows[i]["p_holm_by_relation"] += f"{sep}{rel}: {float(p):.3g}"
     for row in rows:
         if row["order_holds"] == "":
             continue
@@ -219,8 +222,8 @@ def meta_table(metrics: Mapping[str, Mapping[int, Mapping[str, float]]],
         else:
             row["valid"] = bool(row["order_holds"] and row["holds_every_seed"])
     cols = ["metric", "higher_is_better", *methods, "expected", "order_holds",
-            "holds_every_seed", "test", "n_pairs", "p_holm", "stability", "n_seeds", "valid",
-            "why"]
+            "holds_every_seed", "test", "n_pairs", "p_holm", "p_holm_by_relation", "stability",
+            "n_seeds", "valid", "why"]
     return pd.DataFrame(rows, columns=cols)
 
 
