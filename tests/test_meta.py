@@ -277,3 +277,24 @@ def test_meta_validity_reaches_the_published_summary(tmp_path):
     assert s["groundtruth/good_mean@0.5:valid"].tolist() == [True, True]
     assert s["groundtruth/broken_mean@0.5:valid"].tolist() == [False, False]
     assert Path(root / "synth-mix_meta.csv").is_file()
+
+
+def test_si_sdri_is_zero_when_every_region_is_selected():
+    """Why region methods report SI-SDRi = 0.000 at τ = 0.1: L holds every region, so x_int
+    is the input re-synthesised and its improvement over the input is 0."""
+    from audio_xai_bench.api import SegmentExplanation
+    from audio_xai_bench.audio import Frontend
+    from audio_xai_bench.tasks.synth import SynthTask
+
+    task = SynthTask(profile="small")
+    fe = Frontend(task.frontend, torch.device("cpu"))
+    ex = task.folds()[0].test[:2]
+    wave = torch.from_numpy(np.stack([e.audio for e in ex]))
+    source = torch.from_numpy(np.stack([e.sources[0] for e in ex]))
+    X, phase, _ = fe.analyze(wave)
+    seg = torch.randint(0, 20, X.shape)
+    e = SegmentExplanation(X, seg, torch.ones(2, 20))
+    x_int = fe.invert(e.mixture(torch.ones(2, 20, dtype=torch.bool)), phase, wave.shape[-1])
+    assert gt.si_sdr_improvement(x_int, wave, source).abs().max() < 1e-3
+    part = fe.invert(e.mixture(torch.arange(20).expand(2, 20) < 10), phase, wave.shape[-1])
+    assert gt.si_sdr_improvement(part, wave, source).abs().min() > 1e-2
