@@ -31,7 +31,9 @@ def setting(tmp_path_factory):
                     frontend=Frontend(fe), seed=0)
     cfg = runner.resolve_classifier_config(task, "small", {"epochs": "4"})
     f, _ = runner.get_classifier(data, cfg, cache, 0, log=lambda *_: None)
-    batch = BatchLoader(data.test, data.frontend, 6, with_phase=True).batch(torch.arange(6))
+    # synth keeps its sources: methods that declare needs_sources (oracle) read them
+    batch = BatchLoader(data.test, data.frontend, 6, with_phase=True,
+                        with_sources=True).batch(torch.arange(6))
     return task, data, f, cache, batch
 
 
