@@ -12,6 +12,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from audio_xai_bench.api import Example, Fold, FrontendConfig, Task
+from audio_xai_bench.settings import Rule
 
 SR = 16000
 
@@ -131,7 +132,10 @@ class SynthTask(Task):
     """``synth``: 8 event classes, one event per clip (multiclass)."""
 
     name: ClassVar[str] = "synth"
-    option_defaults: ClassVar[dict[str, Any] | None] = {}
+    # data_seed: "run" (the run seed) or an integer (the same clips for every seed)
+    option_defaults: ClassVar[dict[str, Any] | None] = {"data_seed": "run"}
+    option_rules: ClassVar[dict[str, Any]] = {"data_seed": Rule(
+        choices=("run",), int_ok=True, ge=0, doc="clips from the run seed, or a fixed seed")}
     kind: ClassVar[str] = "multiclass"  # type: ignore[assignment]
     official_metric: ClassVar[str] = "accuracy_top1"
     max_events: ClassVar[int] = 1
@@ -159,7 +163,6 @@ class SynthTask(Task):
     classifier_small: ClassVar[dict[str, Any]] = {"epochs": 10, "batch_size": 8, "lr": 3e-3,
                                                   "width": 0.125}
     has_sources: ClassVar[bool] = True
-    OPTIONS: ClassVar[tuple[str, ...]] = ("data_seed",)
 
     @classmethod
     def data_seed_for(cls, run_seed: int, options: dict[str, Any]) -> int:
@@ -177,10 +180,6 @@ class SynthTask(Task):
 
     def __init__(self, data_root: str | None = None, profile: str = "default", seed: int = 0,
                  **options: Any) -> None:
-        unknown = sorted(set(options) - set(self.OPTIONS))
-        if unknown:
-            raise KeyError(f"unknown task option(s) {unknown} for {self.name}; valid: "
-                           f"{', '.join(self.OPTIONS)}")
         super().__init__(data_root, profile, seed, **options)
         if profile not in self.PROFILES:
             raise KeyError(f"unknown profile {profile!r} for {self.name}; valid: "

@@ -186,8 +186,12 @@ def test_synth_data_seed_option():
     assert SynthTask.data_seed_for(3, {"data_seed": 7}) == 7
     with pytest.raises(ValueError, match="data_seed"):
         SynthTask.data_seed_for(3, {"data_seed": "x"})
-    with pytest.raises(KeyError, match="data_seed"):
+    from audio_xai_bench.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="data_seed"):
         SynthTask(profile="small", bogus=1)
+    with pytest.raises(SettingsError, match="data_seed"):
+        SynthTask(profile="small", data_seed="often")
     assert SynthTask(profile="small", seed=4, data_seed=4).describe()["data_seed"] == 4
 
 
