@@ -145,5 +145,6 @@ for _name, _spec in {
     "esc10": "audio_xai_bench.tasks.esc50:ESC10Task",
     "sonyc-ust": "audio_xai_bench.tasks.sonyc_ust:SonycUSTTask",
     "openmic": "audio_xai_bench.tasks.openmic:OpenMICTask",
+    "csv": "audio_xai_bench.tasks.csv_manifest:CsvTask",
 }.items():
     TASKS.add_lazy(_name, _spec)
