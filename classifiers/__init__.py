@@ -1,0 +1,1 @@
+"""Pretrained classifiers the suite can explain, one per file (``audio_xai_bench.classifiers``)."""
