@@ -295,6 +295,55 @@ def normalise_relevance(v: Tensor, mode: str = "paper") -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
+# Classifiers (the model f that post-hoc methods explain)
+# --------------------------------------------------------------------------------------------
+ClassifierInput = Literal["logmel", "waveform"]
+CLASSIFIER_CAPABILITIES = ("white-box", "black-box")
+
+
+class Classifier(torch.nn.Module):
+    """A model the suite explains. Subclasses declare:
+
+    - ``input``: ``"logmel"`` (``forward`` takes the task front-end's log-mel (B, 1, T, M),
+      i.e. ``Batch.logmel``) or ``"waveform"`` (``forward`` takes (B, N) float32 mono at
+      ``sample_rate``; the engine resamples the task's clips and every re-synthesised x₂).
+    - ``kind``: how its logits become probabilities (``"multiclass"`` softmax,
+      ``"multilabel"`` sigmoid).
+    - ``class_names``: its output names (``None``: the task's classes, in order). When they
+      differ from the task's classes, the task must map them (``Task.label_map``).
+    - ``capabilities``: ``{"white-box"}``, a torch module with gradients whose
+      ``forward_hidden(x) -> (logits, {name: (B, C, T', M')})`` exposes named hidden maps (time
+      = dim 2) for L2I's Ψ, FLINT, Grad-CAM, Saliency, IG; or ``{"black-box"}``: only
+      ``forward`` (no gradients, may run outside torch), for model-agnostic methods.
+    - ``trainable``: ``True`` when the engine trains it on the task (the Kumar CNN);
+      pretrained models are used as they are.
+
+    ``forward(x) -> logits (B, n_outputs)`` on the classifier's own input.
+    """
+
+    registry_name: ClassVar[str] = ""
+    input: ClassVar[str] = "logmel"
+    sample_rate: int | None = None
+    kind: str = "multiclass"
+    class_names: list[str] | None = None
+    capabilities: ClassVar[frozenset[str]] = frozenset({"white-box"})
+    trainable: ClassVar[bool] = False
+
+    def forward_hidden(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        raise NotImplementedError(f"{type(self).__name__} is black-box: no hidden maps")
+
+    def identity(self) -> dict[str, Any]:
+        """Name and a digest of the weights, recorded in config.json and the variant."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for k, v in sorted(self.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return {"name": self.registry_name or type(self).__name__, "weights": h.hexdigest()[:12]}
+
+
+# --------------------------------------------------------------------------------------------
 # Explainers
 # --------------------------------------------------------------------------------------------
 CAPABILITIES = ("surrogate", "predict", "explain")
@@ -323,6 +372,13 @@ class Explainer:
     needs_dictionary: ClassVar[bool] = False  # ask the engine for the task's NMF dictionary
     # reads the true sources (``Batch.sources``): runs only on tasks with ``has_sources``
     needs_sources: ClassVar[bool] = False
+    # what a post-hoc method needs of the classifier f it explains (``Classifier.capabilities``):
+    # ``{"white-box"}`` for gradients or hidden maps; empty = any model, black-box too
+    classifier_needs: ClassVar[frozenset[str]] = frozenset()
+    # learns from the training split (an interpreter, a surrogate, a by-design model); False
+    # for methods that only query f, which run on tasks without training clips (a pretrained
+    # classifier evaluated on the user's clips: ``csv`` with ``all_test=true``)
+    needs_training: ClassVar[bool] = True
     listenable: ClassVar[bool] = True  # its components make sense as audio
     defaults: ClassVar[dict[str, Any]] = {}
     small_profile: ClassVar[dict[str, Any]] = {}  # overrides for ``--profile small``

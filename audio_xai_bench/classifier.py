@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .api import Classifier
+
 DEFAULTS: dict[str, Any] = {
     "width": 1.0,        # channel multiplier (1.0 = Kumar et al.)
     "head_mid": 256,     # 1x1 conv width of the L2I head (FtEx: 256 ESC, 512 SONYC)
@@ -32,9 +34,12 @@ def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-class KumarCNN(nn.Module):
+class KumarCNN(Classifier):
     """f: log-mel (B, 1, T, M) -> logits (B, C); ``forward_hidden`` also returns B1..B6."""
 
+    registry_name = "kumar"
+    input = "logmel"
+    trainable = True  # trained by the engine on the task (settings classifier.*)
     block_names = ("B1", "B2", "B3", "B4", "B5", "B6")
 
     def __init__(self, num_classes: int, width: float = 1.0, head_mid: int = 256,

@@ -116,7 +116,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                    seeds=seeds, device=args.device, out=args.out, cache_dir=args.cache_dir,
                    profile=args.profile, overrides=_parse_sets(args.set), force=args.force,
                    on_bad_file=args.on_bad_file, classifier_weights=args.classifier_weights,
-                   task_options=_parse_task_options(args.task_option), sanity=args.sanity)
+                   task_options=_parse_task_options(args.task_option), sanity=args.sanity,
+                   classifier=args.classifier)
+    if args.classifier != "kumar" and args.classifier_weights:
+        raise SettingsError("--classifier-weights fine-tunes the Kumar network: it cannot be "
+                            f"combined with --classifier {args.classifier}")
     records = run(spec)
     table = summarize(records)
     from .leaderboard import write_aggregate
@@ -234,6 +238,18 @@ def cmd_list(args: argparse.Namespace) -> int:
             src = ";sources" if getattr(obj, "has_sources", False) else ""
             print(f"  {name:20s} [{obj.kind}{src}] {_first_line(obj)}")
         except Exception as exc:
+            print(f"  {name:20s} (cannot load: {exc})")
+    from .registry import CLASSIFIERS
+
+    print("classifiers:")
+    for name in CLASSIFIERS.names():
+        try:
+            obj = CLASSIFIERS.get(name)
+            caps = ",".join(sorted(getattr(obj, "capabilities", ())))
+            how = "trained on the task" if getattr(obj, "trainable", False) else "pretrained"
+            print(f"  {name:20s} [{getattr(obj, 'input', 'logmel')};{caps};{how}] "
+                  f"{_first_line(obj)}")
+        except Exception as exc:  # an optional dependency missing must not hide the others
             print(f"  {name:20s} (cannot load: {exc})")
     print("metrics:")
     for name, doc in METRIC_DOCS.items():
@@ -416,6 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--profile", default="default", choices=["default", "small"])
     r.add_argument("--force", action="store_true", help="redo cells that are already done")
     r.add_argument("--on-bad-file", default="fail", choices=["fail", "skip"])
+    r.add_argument("--classifier", default="kumar", metavar="NAME|module:Object|PATH.pt",
+                   help="the model explained: kumar (default: the paper's CNN, trained on the "
+                        "task), a registered classifier (yamnet, yamnet-onnx; see list), "
+                        "package.module:Object, or a Kumar state-dict file used as it is")
     r.add_argument("--classifier-weights", default=None,
                    help="checkpoint of the Kumar network to fine-tune instead of training f from scratch")
     r.add_argument("--threads", type=int, default=None,

@@ -163,6 +163,12 @@ def _assemble(kept: list[Example], wave: torch.Tensor, fe: FrontendConfig) -> Sp
                      sources=sources, source_classes=source_classes)
 
 
+def empty_split(num_classes: int, fe: FrontendConfig) -> SplitData:
+    """A split with no clip (a task evaluated without training: ``csv`` with ``all_test``)."""
+    return SplitData(ids=[], wave=torch.zeros(0, fe.clip_samples),
+                     target=torch.zeros(0, num_classes), mask=torch.zeros(0, num_classes, dtype=torch.bool))
+
+
 def materialize(examples: list[Example], fe: FrontendConfig, *, on_bad_file: str = "fail",
                 desc: str = "loading", report: LoadReport | None = None,
                 cache_dir: str | os.PathLike | None = None, namespace: str = "default",

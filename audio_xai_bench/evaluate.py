@@ -33,6 +33,7 @@ from .metrics.base import PairContext, PairFamily
 from .metrics import fidelity as fid
 from .metrics import groundtruth as gt
 from .metrics import lmac as lmm
+from .model import classifier_input
 from .train import BatchLoader
 
 TAUS: tuple[float, ...] = (0.9, 0.7, 0.5, 0.3, 0.1)
@@ -146,14 +147,24 @@ class Scorer:
     def explains_own_model(self) -> bool:
         return not self.ex.posthoc and "predict" in self.caps
 
-    def _f_probs(self, logmel: Tensor) -> Tensor:
-        return probabilities(self.f(logmel), self.kind)
+    def _f_probs(self, x: Tensor) -> Tensor:
+        """f's probabilities on its own input ``x`` (``ExplainedModel.probs``; a bare log-mel
+        network gets the task's softmax / sigmoid)."""
+        own = getattr(self.f, "probs", None)
+        return own(x) if callable(own) else probabilities(self.f(x), self.kind)
+
+    def _f_probs_batch(self, batch: Batch) -> Tensor:
+        return self._f_probs(classifier_input(self.f, batch))
+
+    def _f_input_of_wave(self, wave: Tensor) -> Tensor:
+        own = getattr(self.f, "input_from_wave", None)
+        return own(wave) if callable(own) else self.data.frontend.logmel(wave)
 
     def _model_probs(self, batch: Batch) -> Tensor:
         """Probabilities of the model being explained: f, or g for by-design methods."""
         if self.explains_own_model:
             return self.ex.predict(batch).float()
-        return self._f_probs(batch.logmel)
+        return self._f_probs_batch(batch)
 
     def _pairs(self, f_prob: Tensor) -> tuple[Tensor, Tensor]:
         """(row, class) pairs explained: argmax for multiclass, every class above its
@@ -203,7 +214,7 @@ class Scorer:
                              device=self.data.device, cache_bytes=0)
         fp, gp = [], []
         for batch in loader:
-            fp.append(self._f_probs(batch.logmel).float().cpu())
+            fp.append(self._f_probs_batch(batch).float().cpu())
             if "predict" in self.caps:
                 gp.append(self.ex.predict(batch).float().cpu())
         y, mask = split.target.numpy() > 0.5, split.mask.numpy()
@@ -226,7 +237,7 @@ class Scorer:
         rows = rows.to(sub.X.device)
         wave = fe.invert(X2, sub.phase[rows], sub.wave.shape[-1])
         if not self.explains_own_model:  # f needs only the log-mel (~20 % of a pass saved)
-            return self._f_probs(fe.logmel(wave))
+            return self._f_probs(self._f_input_of_wave(wave))
         X, phase, logmel = fe.analyze(wave)
         return self._model_probs(Batch(wave, X, phase, logmel, sub.target[rows], sub.mask[rows],
                                        sub.index[rows]))
@@ -258,7 +269,7 @@ class Scorer:
         listen: list[dict[str, Any]] = []
         has_sources = split.sources is not None
         for batch in progress_bar(self.loader, desc="evaluating", leave=False):
-            f_prob = self._f_probs(batch.logmel)
+            f_prob = self._f_probs_batch(batch)
             f_all.append(f_prob.cpu())
             if "surrogate" in self.caps:
                 s_all.append(self.ex.surrogate_predict(batch).float().cpu())

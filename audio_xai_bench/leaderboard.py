@@ -246,6 +246,12 @@ def variant_of(config: Mapping[str, Any], defaults_cache: dict | None = None) ->
             parts.append(f"eval.{k}={_fmt(v)}")
     if config.get("classifier_weights"):
         parts.append(f"classifier_weights={Path(str(config['classifier_weights'])).name}")
+    clf = config.get("classifier_spec")  # a non-default model explained (``run --classifier``)
+    ident = (config.get("classifier_identity") or {})
+    if isinstance(clf, Mapping):
+        name = clf.get("name") or Path(str(clf.get("checkpoint", ""))).name
+        digest = ident.get("weights") or clf.get("sha256")
+        parts.append(f"classifier={name}" + (f"@{digest}" if digest else ""))
     return ";".join(parts)
 
 

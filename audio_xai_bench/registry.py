@@ -2,7 +2,7 @@
 
 A registry maps a short name to either an object (registered with the ``@register`` decorator)
 or a lazy ``"module:Object"`` string that is imported only when asked for. Installed plugins
-are found through the entry-point groups ``audio_xai_bench.methods`` / ``audio_xai_bench.tasks``,
+are found through the entry-point groups ``audio_xai_bench.methods`` / ``.tasks`` / ``.classifiers``,
 and a ``package.module:Object`` name is imported directly, so a user's explainer runs without
 editing the suite. Unknown names raise a ``KeyError`` that lists the valid ones.
 """
@@ -108,6 +108,7 @@ class Registry(Generic[T]):
 
 METHODS: Registry[Any] = Registry("method", "audio_xai_bench.methods")
 TASKS: Registry[Any] = Registry("task", "audio_xai_bench.tasks")
+CLASSIFIERS: Registry[Any] = Registry("classifier", "audio_xai_bench.classifiers")
 
 # Built-in entries are lazy so that `list` and `--help` stay fast and a broken optional method
 # cannot stop the others from loading.
@@ -148,3 +149,10 @@ for _name, _spec in {
     "csv": "audio_xai_bench.tasks.csv_manifest:CsvTask",
 }.items():
     TASKS.add_lazy(_name, _spec)
+
+for _name, _spec in {
+    "kumar": "audio_xai_bench.classifiers.kumar:Kumar",
+    "yamnet": "audio_xai_bench.classifiers.yamnet:YamnetTorch",
+    "yamnet-onnx": "audio_xai_bench.classifiers.yamnet:YamnetOnnx",
+}.items():
+    CLASSIFIERS.add_lazy(_name, _spec)

@@ -26,9 +26,10 @@ from . import classifier as clf
 from . import settings
 from .api import Batch, Explainer, Task, TaskData
 from .audio import Frontend
-from .data import LoadReport, materialize
+from .data import LoadReport, empty_split, materialize
 from .evaluate import EvalConfig, Scorer
 from .locks import artefact_lock, clean_stale, report_unreadable
+from .model import ClassifierError, ExplainedModel, output_columns
 from .registry import METHODS, TASKS
 from .results import cell_dir, config_hash, is_done, read_cell, versions, write_cell
 from .train import BatchLoader, atomic_save, fit, load_checkpoint
@@ -51,6 +52,9 @@ class RunSpec:
     classifier_weights: str | None = None
     task_options: dict[str, Any] = field(default_factory=dict)
     sanity: str | None = None  # 'all' or comma-separated stages: run the sanity checks
+    # the model explained: 'kumar' (trained by the engine), a registered classifier, a
+    # 'package.module:Object', or a path to a Kumar checkpoint (.pt) used as it is
+    classifier: str = "kumar"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -255,6 +259,169 @@ def _learn_dictionary(data: TaskData, k: int, seed: int, mu: float, n_iter: int,
 
 
 # --------------------------------------------------------------------------------------------
+# the model explained (``--classifier``)
+# --------------------------------------------------------------------------------------------
+DEFAULT_CLASSIFIER = "kumar"
+
+
+def _is_checkpoint(name: str) -> bool:
+    return name.endswith((".pt", ".pth")) or Path(name).is_file()
+
+
+def classifier_object(name: str):
+    """The registered / imported classifier object for ``--classifier NAME`` (a class, an
+    ``nn.Module`` instance or a factory); ``None`` for the default and for checkpoints."""
+    from .registry import CLASSIFIERS
+
+    if name == DEFAULT_CLASSIFIER or _is_checkpoint(name):
+        return None
+    try:
+        return CLASSIFIERS.get(name)
+    except KeyError as exc:
+        raise settings.SettingsError(str(exc).strip("'\"")) from None
+
+
+def classifier_capabilities(name: str) -> frozenset[str]:
+    """What the classifier declares (``api.Classifier.capabilities``), without building it."""
+    obj = classifier_object(name)
+    if obj is None:
+        return frozenset({"white-box"})
+    return frozenset(getattr(obj, "capabilities", frozenset({"white-box"})))
+
+
+def methods_for(caps: frozenset[str]) -> list[str]:
+    """Registered methods whose ``classifier_needs`` the capabilities ``caps`` satisfy."""
+    out = []
+    for name in METHODS.names():
+        try:
+            cls = METHODS.get(name)
+            needs = frozenset(getattr(cls, "classifier_needs", frozenset()))
+        except Exception:  # a broken plugin must not hide the others
+            continue
+        if needs <= caps or not getattr(cls, "posthoc", True):  # by-design: f is not read
+            out.append(name)
+    return out
+
+
+def check_classifier(method_cls, method: str, classifier: str) -> None:
+    """A post-hoc method that needs a white-box f (gradients, hidden maps) refuses a black-box
+    classifier before any work, naming the methods that can run with it."""
+    if not method_cls.posthoc:
+        return
+    needs = frozenset(getattr(method_cls, "classifier_needs", frozenset()))
+    caps = classifier_capabilities(classifier)
+    if not needs <= caps:
+        raise settings.SettingsError(
+            f"method {method!r} needs a {', '.join(sorted(needs - caps))} classifier, but "
+            f"{classifier!r} is {', '.join(sorted(caps))}; methods that run with it: "
+            f"{', '.join(methods_for(caps))}")
+
+
+def _adapt_to_classifier(method_cls, classifier: str, overrides: dict[str, Any]):
+    """A non-default classifier may declare the names of its hidden maps
+    (``hidden_layer_names``: the allowed values of ``hidden_layers``) and defaults for the
+    methods that explain it (``explainer_defaults``, e.g. YAMNet: which three maps Ψ reads
+    and ``psi_plan='resample'``). They apply below the user's ``--set`` and only to the keys
+    the method has; the method class is then a subclass with the extended rule."""
+    obj = classifier_object(classifier or DEFAULT_CLASSIFIER)
+    if obj is None:
+        return method_cls, overrides
+    defaults = dict(getattr(method_cls, "defaults", {}))
+    names = getattr(obj, "hidden_layer_names", None)
+    extra = {k: v for k, v in dict(getattr(obj, "explainer_defaults", {}) or {}).items()
+             if k in defaults and k not in overrides}
+    if not names and not extra:
+        return method_cls, overrides
+    rules = dict(getattr(method_cls, "setting_rules", {}))
+    if names and "hidden_layers" in defaults:
+        rules["hidden_layers"] = settings.Rule(choices=tuple(names), nonempty=True,
+                                               doc="hidden maps of the classifier read by the "
+                                                   "interpreter")
+    adapted = type(method_cls.__name__, (method_cls,),
+                   {"setting_rules": rules, "__doc__": method_cls.__doc__,
+                    "__module__": method_cls.__module__,
+                    "registry_name": getattr(method_cls, "registry_name", "")})
+    return adapted, {**extra, **overrides}
+
+
+def _build_classifier_object(obj, cache: Path, device: torch.device) -> torch.nn.Module:
+    """An ``nn.Module`` from a registered / imported classifier object."""
+    if isinstance(obj, torch.nn.Module):
+        return obj
+    build = getattr(obj, "build", None)
+    if isinstance(obj, type) and callable(build):
+        net = build(cache_dir=str(cache), device=device)
+    elif callable(obj):
+        net = obj()
+    else:
+        raise ClassifierError(f"{obj!r} is neither an nn.Module, a class nor a factory")
+    if not isinstance(net, torch.nn.Module):
+        raise ClassifierError(f"{obj!r} did not give an nn.Module (got {type(net).__name__})")
+    return net
+
+
+def _kumar_from_checkpoint(path: str, num_classes: int, device: torch.device):
+    """A frozen Kumar CNN from a state dict file (raw or under ``"model"``), its width and head
+    read from the tensors' shapes."""
+    state = load_checkpoint(path, map_location=device)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or "blocks.0.0.weight" not in state or "fc.weight" not in state:
+        raise ClassifierError(f"--classifier {path}: not a state dict of the Kumar network "
+                              "(expected keys blocks.0.0.weight ... fc.weight)")
+    width = float(state["blocks.0.0.weight"].shape[0]) / 16.0
+    n_out = int(state["fc.weight"].shape[0])
+    if n_out != num_classes:
+        raise ClassifierError(f"--classifier {path}: the checkpoint has {n_out} outputs but the "
+                              f"task has {num_classes} classes")
+    mid = int(state["head.0.weight"].shape[0])
+    head_mid = int(round(mid / min(1.0, width * 2)))
+    net = clf.build_classifier(num_classes, {"width": width, "head_mid": head_mid, "dropout": 0.0})
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ClassifierError(f"--classifier {path}: does not fit the Kumar network: {exc}") from None
+    net.trainable = False  # used as it is, never trained by the engine
+    return net.to(device)
+
+
+def get_model(spec: RunSpec, data: TaskData, cfg: dict[str, Any], cache: Path, seed: int,
+              log=print) -> tuple[ExplainedModel, dict]:
+    """The model explained in this cell, wrapped for the engine (``model.ExplainedModel``):
+    the engine-trained Kumar CNN (cached, as before), a Kumar checkpoint used as it is, or a
+    registered / imported classifier (pretrained, used as it is; the task's ``label_map``
+    maps its outputs)."""
+    name = spec.classifier or DEFAULT_CLASSIFIER
+    task = data.task
+    if name == DEFAULT_CLASSIFIER and len(data.train) == 0:
+        raise ClassifierError(f"task {task.name!r} fold {data.fold} has no training clips, so "
+                              "the Kumar CNN cannot be trained on it: explain a pretrained model "
+                              "(--classifier yamnet, package.module:Object or a checkpoint .pt)")
+    if name == DEFAULT_CLASSIFIER:
+        net, info = get_classifier(data, cfg, cache, seed, spec.classifier_weights, log)
+    else:
+        if _is_checkpoint(name):
+            net = _kumar_from_checkpoint(name, task.num_classes, data.device)
+            info = {"checkpoint": name, "config": {}, "cached": True, "history": []}
+        else:
+            net = _build_classifier_object(classifier_object(name), cache, data.device)
+            info = {"checkpoint": None, "config": {}, "cached": True, "history": []}
+        net = net.to(data.device).eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+    model = ExplainedModel(net, data.frontend, task)
+    probe_wave = next((s.wave[:1] for s in (data.test, data.train, data.valid) if len(s)), None)
+    if name != DEFAULT_CLASSIFIER and probe_wave is not None:
+        with torch.inference_mode():
+            n_out = int(net(model.input_from_wave(probe_wave.to(data.device))).shape[-1])
+        model = ExplainedModel(net, data.frontend, task, output_columns(net, task, n_out))
+    info["identity"] = {"classifier": name, **model.identity(), "input": model.input_kind,
+                        "kind": model.kind, "capabilities": sorted(model.capabilities),
+                        "label_map": getattr(task, "label_map", None)}
+    return model.eval(), info
+
+
+# --------------------------------------------------------------------------------------------
 # cells
 # --------------------------------------------------------------------------------------------
 def tasks_with_sources() -> list[str]:
@@ -285,10 +452,12 @@ def _resolved(spec: RunSpec, seed: int):
         raise TypeError(f"method {spec.method!r} is not an audio_xai_bench.api.Explainer subclass")
     task_cls = TASKS.get(spec.task)
     check_sources(method_cls, task_cls, spec.method, spec.task)
+    check_classifier(method_cls, spec.method, spec.classifier or DEFAULT_CLASSIFIER)
     m_over, c_over, e_over = split_overrides(spec.overrides)
     task: Task = task_cls(data_root=spec.data_root, profile=spec.profile,
                           seed=task_cls.data_seed_for(seed, spec.task_options),
                           **spec.task_options)
+    method_cls, m_over = _adapt_to_classifier(method_cls, spec.classifier, m_over)
     method_cfg = method_cls.resolve_config(task, spec.profile, m_over)
     clf_cfg = resolve_classifier_config(task, spec.profile, c_over)
     eval_cfg = resolve_eval_config(e_over, seed)
@@ -368,7 +537,10 @@ def dependency_key(spec: RunSpec, seed: int) -> tuple:
         dictionary = (int(method_cfg["K"]), method_cfg.get("nmf_mu"), method_cfg.get("nmf_iter"))
     return (task.name, spec.fold, seed, spec.profile, spec.data_root,
             config_hash({"clf": clf_cfg, "opts": spec.task_options,
-                         "weights": spec.classifier_weights}), dictionary)
+                         "weights": spec.classifier_weights,
+                         **({"classifier": spec.classifier}
+                            if (spec.classifier or DEFAULT_CLASSIFIER) != DEFAULT_CLASSIFIER
+                            else {})}), dictionary)
 
 
 def prepare_shared(spec: RunSpec, log=print) -> list[dict[str, Any]]:
@@ -382,7 +554,7 @@ def prepare_shared(spec: RunSpec, log=print) -> list[dict[str, Any]]:
         method_cls, task, method_cfg, clf_cfg, _ = _resolved(spec, seed)
         for fold in task.folds(None if spec.fold == "all" else spec.fold):
             data, _report = _load_data(spec, task, fold, seed, device, cache)
-            _, f_info = get_classifier(data, clf_cfg, cache, seed, spec.classifier_weights, log)
+            _, f_info = get_model(spec, data, clf_cfg, cache, seed, log)
             item = {"task": task.name, "fold": fold.name, "seed": seed,
                     "classifier": f_info["checkpoint"], "classifier_cached": f_info["cached"]}
             if method_cls.needs_dictionary:
@@ -402,8 +574,27 @@ def _cell_identity(spec: RunSpec, task: Task, fold_name: str, seed: int, method_
                 "task_options": spec.task_options}
     if spec.sanity:  # only then, so that the hash of every other cell stays as it was
         resolved["sanity"] = spec.sanity
+    if (spec.classifier or DEFAULT_CLASSIFIER) != DEFAULT_CLASSIFIER:  # likewise
+        resolved["classifier_spec"] = _classifier_key(spec.classifier)
     chash = config_hash(resolved)
     return resolved, chash, cell_dir(spec.out, task.name, name, fold_name, seed, chash)
+
+
+def _queries_only(name: str) -> bool:
+    try:
+        return not getattr(METHODS.get(name), "needs_training", True)
+    except Exception:  # a broken plugin must not hide the others
+        return False
+
+
+def _classifier_key(name: str) -> dict[str, Any]:
+    """What identifies a non-default classifier in the cell's hash: its name, and for a
+    checkpoint file the digest of its bytes."""
+    if _is_checkpoint(name):
+        h = hashlib.sha256(Path(name).read_bytes()).hexdigest()[:12] if Path(name).is_file() \
+            else "missing"
+        return {"checkpoint": str(name), "sha256": h}
+    return {"name": name}
 
 
 def _load_data(spec: RunSpec, task: Task, fold, seed: int, device: torch.device,
@@ -412,10 +603,14 @@ def _load_data(spec: RunSpec, task: Task, fold, seed: int, device: torch.device,
     report = LoadReport()
     kw = {"on_bad_file": spec.on_bad_file, "report": report, "cache_dir": cache,
           "namespace": task.name}
+
+    def load(examples, desc):
+        return materialize(examples, fe_cfg, desc=desc, **kw) if examples else \
+            empty_split(task.num_classes, fe_cfg)
+
     data = TaskData(task=task, fold=fold.name,
-                    train=materialize(fold.train, fe_cfg, desc="train", **kw),
-                    valid=materialize(fold.valid, fe_cfg, desc="valid", **kw),
-                    test=materialize(fold.test, fe_cfg, desc="test", **kw),
+                    train=load(fold.train, "train"), valid=load(fold.valid, "valid"),
+                    test=load(fold.test, "test"),
                     frontend=Frontend(fe_cfg, device), seed=seed, device=device,
                     cache_dir=str(cache))
     return data, report
@@ -432,11 +627,15 @@ def _run_cell(spec: RunSpec, task: Task, fold, seed: int, method_cls, method_cfg
     t0 = time.time()
     fe_cfg = task.frontend
     data, report = _load_data(spec, task, fold, seed, device, cache)
-    f, f_info = get_classifier(data, clf_cfg, cache, seed, spec.classifier_weights, log)
+    f, f_info = get_model(spec, data, clf_cfg, cache, seed, log)
     dict_info = None
     if method_cls.needs_dictionary:
         data.dictionary, dict_info = get_dictionary(data, int(method_cfg["K"]), seed, cache,
                                                     method_cfg, log)
+    if getattr(method_cls, "needs_training", True) and len(data.train) == 0:
+        raise ValueError(f"method {spec.method!r} learns from the training split, which is empty "
+                         f"on task {task.name!r} fold {fold.name}; methods that only query f: "
+                         f"{', '.join(n for n in METHODS.names() if _queries_only(n))}")
     torch.manual_seed(seed)
     explainer: Explainer = method_cls(method_cfg, seed=seed, device=device)
     t_fit = time.time()
@@ -453,7 +652,8 @@ def _run_cell(spec: RunSpec, task: Task, fold, seed: int, method_cls, method_cfg
     metrics = {k: float(v) for k, v in result.metrics.items()}
     config = {**resolved, "config_hash": chash, "versions": versions(), "device": str(device),
               "dictionary": dict_info, "load_report": report.as_dict(),
-              "classifier": {k: v for k, v in f_info.items() if k != "history"},
+              "classifier": {k: v for k, v in f_info.items() if k not in ("history", "identity")},
+              "classifier_identity": f_info.get("identity"),
               "capabilities": sorted(method_cls.capabilities)}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     done = {"wall_s": time.time() - t0, "fit_s": fit_s, "eval_s": eval_s, "sanity_s": sanity_s,
@@ -502,10 +702,15 @@ def _sanity(stages: str, data: TaskData, f: torch.nn.Module, explainer: Explaine
         for name, model in san.cascade(f, seed, only):
             log(f"[sanity] refitting against f randomised down to {name}")
             fitted[f"param_rand_spearman@{name}"] = refit(model, data)
-        # f on permuted labels: a distinct cache key; the last epoch (valid labels are real)
-        f_perm, _ = get_classifier(permuted, {**clf_cfg, "select": "last",
-                                              "labels": "permuted"}, cache, seed, log=log)
-        fitted["label_rand_spearman"] = refit(f_perm, permuted)
+        if getattr(f, "trainable", True):
+            # f on permuted labels: a distinct cache key; the last epoch (valid labels are real)
+            f_perm, _ = get_classifier(permuted, {**clf_cfg, "select": "last",
+                                                  "labels": "permuted"}, cache, seed, log=log)
+            fitted["label_rand_spearman"] = refit(
+                ExplainedModel(f_perm, data.frontend, data.task), permuted)
+        else:
+            log("[sanity] the classifier is pretrained (not trained by the engine): no label "
+                "randomisation")
     else:
         own = copy.deepcopy(explainer)
         if san.explainer_modules(own):

@@ -505,6 +505,13 @@ class YamnetTorch(_YamnetBase):
 
     registry_name: ClassVar[str] = "yamnet"
     capabilities: ClassVar[frozenset[str]] = frozenset({"white-box"})
+    # what the suite's explainers read (runner._adapt_to_classifier): the maps
+    # ``forward_hidden`` returns, Ψ's three (the last three depths, like the Kumar CNN's B4-B6)
+    # with the resampling plan (YAMNet's maps are not 2x pools of one another), Grad-CAM's
+    hidden_layer_names: ClassVar[tuple[str, ...]] = HIDDEN_LAYERS
+    explainer_defaults: ClassVar[dict] = {"hidden_layers": ("conv8", "conv12", "conv14"),
+                                          "psi_plan": "resample"}
+    gradcam_layer: ClassVar[str] = "conv14"
     layer_shapes: ClassVar[dict[str, tuple[int, int, int]]] = {
         "conv1": (32, 48, 32), "conv2": (64, 48, 32), "conv3": (128, 24, 16),
         "conv4": (128, 24, 16), "conv5": (256, 12, 8), "conv6": (256, 12, 8),

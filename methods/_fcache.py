@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from audio_xai_bench.model import classifier_input
+
 DEFAULT_BUDGET = 1e9  # bytes kept in memory before falling back to a memory-mapped file
 
 
@@ -38,10 +40,11 @@ class FrozenOutputs:
         self.store: dict[str, Tensor | np.ndarray] = {}
         with torch.no_grad():  # not inference_mode: the stored tensors feed autograd graphs
             for batch in loader:  # unshuffled; every row once
+                x = classifier_input(f, batch)
                 if self.layers:
-                    logits, hidden = f.forward_hidden(batch.logmel)
-                else:  # logits only: any classifier with a forward
-                    logits, hidden = f(batch.logmel), {}
+                    logits, hidden = f.forward_hidden(x)
+                else:  # logits only: any classifier with a forward (black-box too)
+                    logits, hidden = f(x), {}
                 outs = {"__logits__": logits, **{k: hidden[k] for k in self.layers}}
                 if not self.store:
                     self._allocate(n, {k: v.shape[1:] for k, v in outs.items()},

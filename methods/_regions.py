@@ -110,6 +110,13 @@ class RegionGrid:
         idx = self.logmel_segments().to(v.device).flatten()
         return v[:, idx].view(v.shape[0], 1, self.T, self.M)
 
+    def stft_region_sum(self, a: Tensor) -> Tensor:
+        """(B, F, T) map on the STFT grid -> (B, K) sums over each region (attributions
+        computed on X, for classifiers that do not read the task's log-mel)."""
+        seg = self.segments(1)[0].to(a.device).flatten()
+        out = torch.zeros(a.shape[0], self.K, dtype=a.dtype, device=a.device)
+        return out.index_add_(1, seg, a.flatten(1))
+
     def expand_stft(self, v: Tensor) -> Tensor:
         """(B, K) per-region values -> (B, F, T) on the STFT grid."""
         seg = self.segments(1)[0].to(v.device)
@@ -132,6 +139,30 @@ def logmel_of_masked(frontend, X: Tensor, gate: Tensor) -> Tensor:
     """f's input for X (B, F, T) with STFT bins gated by ``gate`` (B, F, T) in [0, 1]:
     expm1 of the gated log1p magnitude, then the front-end's log-mel."""
     return frontend.logmel_from_magnitude(torch.expm1(X * gate))
+
+
+def reads_logmel(f) -> bool:
+    """True when f reads the task's log-mel (the Kumar CNN): region methods then perturb and
+    attribute on the log-mel as before; otherwise (a waveform classifier) they work on the
+    STFT magnitude X and f's input is re-synthesised from it (``model.input_from_magnitude``)."""
+    from audio_xai_bench.model import input_kind
+
+    return input_kind(f) == "logmel"
+
+
+def magnitude_forward(method, phase: Tensor, length: int):
+    """``fwd(Xv)``: the region method's outputs (logits or probabilities, ``output``) for log1p
+    magnitudes ``Xv`` (n, F, T) of the clips whose phase is ``phase`` (B, F, T); ``n`` may be a
+    multiple of B (perturbations stacked batch-major, as Captum does)."""
+    from audio_xai_bench.model import input_from_magnitude
+
+    def fwd(Xv: Tensor) -> Tensor:
+        reps = Xv.shape[0] // phase.shape[0]
+        ph = phase.repeat(reps, 1, 1) if reps > 1 else phase
+        x = input_from_magnitude(method.f, method.frontend, torch.expm1(Xv.clamp_min(0.0)),
+                                 ph, length)
+        return method.model_outputs(x)
+    return fwd
 
 
 class RegionMethod:

@@ -34,7 +34,8 @@ from torch import Tensor, nn
 from audio_xai_bench.api import (Batch, Explainer, SegmentExplanation, TaskData,
                                  normalise_relevance)
 
-from ._regions import RegionMethod, RegionGrid, RelevanceMemo, mask_logmel
+from ._regions import (RegionGrid, RegionMethod, RelevanceMemo, magnitude_forward, mask_logmel,
+                       reads_logmel)
 
 
 class RegionAttribution(RegionMethod, Explainer):
@@ -43,6 +44,7 @@ class RegionAttribution(RegionMethod, Explainer):
     capabilities: ClassVar[frozenset[str]] = frozenset({"explain"})
     posthoc: ClassVar[bool] = True
     needs_dictionary: ClassVar[bool] = False
+    needs_training: ClassVar[bool] = False  # queries f only
     listenable: ClassVar[bool] = True  # regions are masks of the input
     defaults: ClassVar[dict[str, Any]] = {"n_freq": 4, "n_time": 10, "output": "logit",
                                           "relevance_norm": "paper"}
@@ -66,12 +68,27 @@ class RegionAttribution(RegionMethod, Explainer):
         """(B, K) raw (un-normalised) region scores."""
         return grid.region_sum(self.attribute(logmel, classes, grid))
 
+    def stft_attribute(self, fwd, X: Tensor, classes: Tensor, grid: RegionGrid) -> Tensor:
+        """(B, F, T) attribution on the log1p magnitude X, for a classifier that does not read
+        the task's log-mel (``fwd`` re-synthesises f's input from X)."""
+        raise NotImplementedError  # abstract
+
+    def stft_region_scores(self, batch: Batch, classes: Tensor, grid: RegionGrid) -> Tensor:
+        fwd = magnitude_forward(self, batch.phase, batch.wave.shape[-1])
+        return grid.stft_region_sum(self.stft_attribute(fwd, batch.X.clone(), classes, grid))
+
     def raw_scores(self, batch: Batch, classes: Tensor) -> Tensor:
-        """Region scores computed with autograd on, even under the scorer's inference_mode."""
+        """Region scores computed with autograd on, even under the scorer's inference_mode.
+        On f's log-mel input (the Kumar CNN), or, for a classifier that reads waveforms, on
+        the STFT magnitude X from which its input is re-synthesised."""
         grid = self.grid(batch.logmel.shape[2])
         with torch.inference_mode(False), torch.enable_grad():
-            x = batch.logmel.clone()
             c = classes.clone()
+            if not reads_logmel(self.f):
+                b = Batch(*(getattr(batch, n).clone() for n in
+                            ("wave", "X", "phase", "logmel", "target", "mask", "index")))
+                return self.stft_region_scores(b, c, grid).detach()
+            x = batch.logmel.clone()
             return self.region_scores(x, c, grid).detach()
 
     def explain(self, batch: Batch, classes: Tensor) -> SegmentExplanation:
@@ -89,15 +106,24 @@ class RegionAttribution(RegionMethod, Explainer):
 class SaliencyRegions(RegionAttribution):
     """Captum ``Saliency`` (|gradient|) summed per region."""
 
+    classifier_needs: ClassVar[frozenset[str]] = frozenset({"white-box"})
+
     def attribute(self, logmel: Tensor, classes: Tensor, grid: RegionGrid) -> Tensor:
         from captum.attr import Saliency
 
         return Saliency(self.model_outputs).attribute(logmel.requires_grad_(), target=classes,
                                                    abs=True)
 
+    def stft_attribute(self, fwd, X: Tensor, classes: Tensor, grid: RegionGrid) -> Tensor:
+        from captum.attr import Saliency
+
+        return Saliency(fwd).attribute(X.requires_grad_(), target=classes, abs=True)
+
 
 class IntegratedGradientsRegions(RegionAttribution):
     """Captum ``IntegratedGradients`` from the clip's log-mel floor, summed per region."""
+
+    classifier_needs: ClassVar[frozenset[str]] = frozenset({"white-box"})
 
     defaults: ClassVar[dict[str, Any]] = {**RegionAttribution.defaults, "n_steps": 16,
                                           "internal_batch_size": 64, "method": "gausslegendre"}
@@ -113,9 +139,23 @@ class IntegratedGradientsRegions(RegionAttribution):
                             method=str(self.config["method"]),
                             internal_batch_size=int(self.config["internal_batch_size"]))
 
+    def stft_attribute(self, fwd, X: Tensor, classes: Tensor, grid: RegionGrid) -> Tensor:
+        """From silence (X = 0) to X; whole steps per internal batch, so ``fwd`` sees
+        step-major stacks of the B clips."""
+        from captum.attr import IntegratedGradients
+
+        B = X.shape[0]
+        per = max(B, int(self.config["internal_batch_size"]) // B * B)
+        return IntegratedGradients(fwd).attribute(
+            X.requires_grad_(), baselines=torch.zeros_like(X), target=classes,
+            n_steps=int(self.config["n_steps"]), method=str(self.config["method"]),
+            internal_batch_size=per)
+
 
 class GradCAMRegions(RegionAttribution):
     """Captum ``LayerGradCam`` on block B6, upsampled to the input and summed per region."""
+
+    classifier_needs: ClassVar[frozenset[str]] = frozenset({"white-box"})
 
     defaults: ClassVar[dict[str, Any]] = {**RegionAttribution.defaults, "layer": 5}
 
@@ -131,6 +171,28 @@ class GradCAMRegions(RegionAttribution):
         size = (max(64, T), max(64, M))
         up = LayerAttribution.interpolate(cam, size, interpolate_mode="bilinear")
         return up[:, :, :T, :M]
+
+    def stft_region_scores(self, batch: Batch, classes: Tensor, grid: RegionGrid) -> Tensor:
+        """Grad-CAM of a white-box classifier that reads waveforms: on its hidden map named by
+        its ``gradcam_layer`` declaration (else its last map), ReLU(sum_c mean(∂y/∂A_c) A_c),
+        resized bilinearly to the task's log-mel grid (T frames x M bands). **Approximate**:
+        the classifier's time axis is assumed to span the clip uniformly and its frequency
+        axis to be ordered low to high like the task's mel bands (true of YAMNet's)."""
+        from audio_xai_bench.classifier import probabilities
+        from audio_xai_bench.model import classifier_input
+
+        x = classifier_input(self.f, batch).requires_grad_()
+        logits, hidden = self.f.forward_hidden(x)
+        name = getattr(self.f, "gradcam_layer", None) or list(hidden)[-1]
+        A = hidden[name]
+        out = logits if self.config.get("output", "logit") == "logit" \
+            else probabilities(logits, self.kind)
+        y = out[torch.arange(len(classes), device=out.device), classes.to(out.device)]
+        (g,) = torch.autograd.grad(y.sum(), A)
+        cam = torch.relu((g.mean(dim=(2, 3), keepdim=True) * A).sum(1, keepdim=True))
+        up = nn.functional.interpolate(cam, size=(grid.T, grid.M), mode="bilinear",
+                                       align_corners=False)
+        return grid.region_sum(up)
 
 
 class OcclusionRegions(RegionAttribution):
@@ -154,6 +216,26 @@ class OcclusionRegions(RegionAttribution):
             att = Occlusion(gated).attribute(
                 gate, sliding_window_shapes=(1, 1), strides=(1, 1), baselines=0.0,
                 target=classes, additional_forward_args=(logmel,),
+                perturbations_per_eval=int(self.config["perturbations_per_eval"]))
+        return att.reshape(B, -1)
+
+    def stft_region_scores(self, batch: Batch, classes: Tensor, grid: RegionGrid) -> Tensor:
+        """For a classifier that reads waveforms: each region of X switched off in turn
+        (its bins set to zero magnitude), f's input re-synthesised; the same Captum run."""
+        from captum.attr import Occlusion
+
+        B = batch.X.shape[0]
+        fwd = magnitude_forward(self, batch.phase, batch.wave.shape[-1])
+
+        def gated(gate: Tensor, X: Tensor) -> Tensor:
+            reps = gate.shape[0] // X.shape[0]
+            return fwd(X.repeat(reps, 1, 1) * grid.expand_stft(gate.reshape(gate.shape[0], -1)))
+
+        gate = torch.ones(B, grid.n_freq, grid.n_time, device=batch.X.device)
+        with torch.no_grad():
+            att = Occlusion(gated).attribute(
+                gate, sliding_window_shapes=(1, 1), strides=(1, 1), baselines=0.0,
+                target=classes, additional_forward_args=(batch.X,),
                 perturbations_per_eval=int(self.config["perturbations_per_eval"]))
         return att.reshape(B, -1)
 

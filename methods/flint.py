@@ -47,7 +47,8 @@ from audio_xai_bench.settings import Rule, resolve
 from audio_xai_bench.classifier import DEFAULTS as CLF_DEFAULTS
 from audio_xai_bench.classifier import probabilities
 from audio_xai_bench.methods._fcache import FrozenOutputs
-from audio_xai_bench.methods.l2i import fidelity_loss
+from audio_xai_bench.methods.l2i import fidelity_loss, probe_input
+from audio_xai_bench.model import classifier_input
 from audio_xai_bench.methods.l2i_bd import JointTraining, label_loss
 from audio_xai_bench.train import BatchLoader, fit
 
@@ -132,6 +133,7 @@ class FLINT(Explainer):
     """FLINT post-hoc (TASLP Table IV row 'FLINT'): a global surrogate h(Φ(f_I(x)))."""
 
     capabilities: ClassVar[frozenset[str]] = frozenset({"surrogate"})
+    classifier_needs: ClassVar[frozenset[str]] = frozenset({"white-box"})  # hidden maps
     posthoc: ClassVar[bool] = True
     listenable: ClassVar[bool] = False  # attributes are not audio
     needs_dictionary: ClassVar[bool] = False
@@ -195,8 +197,7 @@ class FLINT(Explainer):
             p.requires_grad_(False)
         self.layers = tuple(cfg["hidden_layers"])
         with torch.inference_mode():
-            x = data.frontend.logmel(data.train.wave[:1].to(self.device))
-            _, hid = self.f.forward_hidden(x)
+            _, hid = self.f.forward_hidden(probe_input(self.f, data, self.device))
         self._build(data, {n: hid[n].shape[1] for n in self.layers})
 
         # f is frozen and the features deterministic: its outputs are computed once
@@ -240,7 +241,7 @@ class FLINT(Explainer):
     # -- outputs ---------------------------------------------------------------------------
     def attributes(self, batch: Batch) -> Tensor:
         """Φ(x): (B, J) non-negative attribute activations."""
-        _, hidden = self.f.forward_hidden(batch.logmel)
+        _, hidden = self.f.forward_hidden(classifier_input(self.f, batch))
         return self.net.phi({n: hidden[n] for n in self.layers})
 
     def _logits(self, batch: Batch) -> Tensor:

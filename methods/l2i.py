@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from audio_xai_bench.api import (Batch, Explainer, FactorExplanation, TaskData,
                                  normalise_relevance)
 from audio_xai_bench.methods._fcache import FrozenOutputs
+from audio_xai_bench.model import classifier_input
 from audio_xai_bench.settings import Rule
 from audio_xai_bench.train import BatchLoader, fit
 
@@ -192,6 +193,13 @@ class Interpreter(nn.Module):
         return H, self.theta(H)
 
 
+def probe_input(f: nn.Module, data: TaskData, device: torch.device) -> Tensor:
+    """f's input for one training clip (its log-mel, or its resampled waveform)."""
+    wave = data.train.wave[:1].to(device)
+    own = getattr(f, "input_from_wave", None)
+    return own(wave) if callable(own) else data.frontend.logmel(wave)
+
+
 def hidden_shapes(f: nn.Module, logmel: Tensor, layers: tuple[str, ...]
                   ) -> dict[str, tuple[int, int]]:
     """{layer: (channels, frequency bins)} of f's hidden maps on a probe input (f in eval)."""
@@ -243,6 +251,7 @@ class L2I(Explainer):
     """L2I post-hoc with Θ_ATT (paper Table IV row 'L2I w/ Θ_ATT')."""
 
     capabilities: ClassVar[frozenset[str]] = frozenset({"surrogate", "explain"})
+    classifier_needs: ClassVar[frozenset[str]] = frozenset({"white-box"})  # hidden maps
     posthoc: ClassVar[bool] = True
     needs_dictionary: ClassVar[bool] = True
     theta: ClassVar[str] = "att"
@@ -302,7 +311,7 @@ class L2I(Explainer):
             p.requires_grad_(False)
         self.layers = tuple(cfg["hidden_layers"])
         W = data.dictionary.to(self.device)
-        shapes = hidden_shapes(self.f, data.frontend.logmel(data.train.wave[:1].to(self.device)),
+        shapes = hidden_shapes(self.f, probe_input(self.f, data, self.device),
                                self.layers)
         att = cfg["attention"]
         per_class = (task.kind == "multilabel") if att == "auto" else att == "per_class"
@@ -345,7 +354,7 @@ class L2I(Explainer):
     # -- internals -------------------------------------------------------------------------
     def _hidden(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         with torch.no_grad():
-            return self.f.forward_hidden(batch.logmel)
+            return self.f.forward_hidden(classifier_input(self.f, batch))
 
     @torch.inference_mode()
     def _validate(self, loader: BatchLoader, cached: FrozenOutputs) -> tuple[float, float]:

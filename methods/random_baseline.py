@@ -23,6 +23,7 @@ class RandomExplainer(Explainer):
     capabilities: ClassVar[frozenset[str]] = frozenset({"explain"})
     posthoc: ClassVar[bool] = True
     needs_dictionary: ClassVar[bool] = True
+    needs_training: ClassVar[bool] = False  # queries f only
     defaults: ClassVar[dict[str, Any]] = {"K": 100, "nmf_mu": 0.8, "nmf_iter": 100,
                                           "project_iter": 50}
     small_profile: ClassVar[dict[str, Any]] = {"K": 16, "nmf_iter": 30, "project_iter": 20}

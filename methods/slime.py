@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from audio_xai_bench.api import (Batch, Explainer, SegmentExplanation, TaskData,
                                  normalise_relevance)
 
-from ._regions import RegionMethod, RegionGrid, RelevanceMemo
+from ._regions import RegionGrid, RegionMethod, RelevanceMemo, magnitude_forward, reads_logmel
 
 
 # ------------------------------------------------------------------------------------------
@@ -173,6 +173,7 @@ class SLIME(RegionMethod, Explainer):
     capabilities: ClassVar[frozenset[str]] = frozenset({"explain"})
     posthoc: ClassVar[bool] = True
     needs_dictionary: ClassVar[bool] = False
+    needs_training: ClassVar[bool] = False  # queries f only
     listenable: ClassVar[bool] = True  # segments are masks of the input: listenable
     defaults: ClassVar[dict[str, Any]] = {
         "n_freq": 4, "n_time": 5,   # 20 segments, as the paper's 20 chunks
@@ -196,10 +197,15 @@ class SLIME(RegionMethod, Explainer):
 
     # -- internals -------------------------------------------------------------------------
 
-    def perturbed_outputs(self, X: Tensor, Z: Tensor, grid: RegionGrid) -> Tensor:
-        """f's outputs on every perturbation: X (U, F, T), Z (U, N, K) -> (U, N, C)."""
+    def perturbed_outputs(self, X: Tensor, Z: Tensor, grid: RegionGrid,
+                          phase: Tensor | None = None, length: int | None = None) -> Tensor:
+        """f's outputs on every perturbation: X (U, F, T), Z (U, N, K) -> (U, N, C). For a
+        classifier that does not read the task's log-mel, each perturbed X is re-synthesised
+        with the clip's ``phase`` into f's own input (``perturbed_outputs_generic``)."""
         from audio_xai_bench.classifier import probabilities
 
+        if not reads_logmel(self.f):
+            return self.perturbed_outputs_generic(X, Z, grid, phase, length)
         U, N, K = Z.shape
         P = segment_mel_contributions(self.frontend, X, grid)  # (U, n_freq, T, M), once per clip
         Z = Z.to(X.device)
@@ -216,6 +222,23 @@ class SLIME(RegionMethod, Explainer):
                 outs.append((out if logit else probabilities(out, self.kind)).float())
         return torch.cat(outs).view(U, N, -1)
 
+    def perturbed_outputs_generic(self, X: Tensor, Z: Tensor, grid: RegionGrid,
+                                  phase: Tensor | None, length: int | None) -> Tensor:
+        """The same perturbations for any classifier: X gated region by region (bins of an
+        off region at zero magnitude), f's input re-synthesised (``magnitude_forward``)."""
+        if phase is None or length is None:
+            raise ValueError("SLIME on a classifier that reads waveforms needs the clips' phase")
+        U, N, K = Z.shape
+        Z = Z.to(X.device)
+        chunk = max(1, int(self.config["chunk"]))
+        outs = []
+        for u in range(U):
+            fwd = magnitude_forward(self, phase[u:u + 1], length)
+            for i in range(0, N, chunk):
+                z = Z[u, i:i + chunk].to(X.dtype)
+                outs.append(fwd(X[u:u + 1] * grid.expand_stft(z)).float())
+        return torch.cat(outs).view(U, N, -1)
+
     def lime_data(self, batch: Batch, classes: Tensor) -> dict[str, Tensor]:
         """Everything LIME's regression sees, per explained pair: Z (P, N, K), labels
         (P, N) (f's output for the pair's class), distances (P, N), and the grid."""
@@ -224,7 +247,9 @@ class SLIME(RegionMethod, Explainer):
         first = torch.zeros(len(uniq), dtype=torch.long)
         first.scatter_(0, inverse, torch.arange(len(inverse)))  # a row of each clip
         Z = sample_masks(uniq, grid.K, int(self.config["n_samples"]), self.seed)
-        out = self.perturbed_outputs(batch.X[first.to(batch.X.device)], Z, grid)  # (U, N, C)
+        sel = first.to(batch.X.device)
+        out = self.perturbed_outputs(batch.X[sel], Z, grid, batch.phase[sel],
+                                     batch.wave.shape[-1])  # (U, N, C)
         inv = inverse.to(out.device)
         labels = out[inv, :, classes.to(out.device)]  # (P, N)
         Zp = Z.to(out.device)[inv]
