@@ -58,7 +58,9 @@ def _least_region_change(data, f, mode):
 def test_removing_least_energy_region_with_fill_barely_moves_f(setting):
     _, data, f, _ = setting
     change, confident = _least_region_change(data, f, "fill")
-    assert confident > 0.8  # f is trained: the test has something to move
+    # f is trained, so the test has something to move: an untrained f (chance 1/8) is confident
+    # on almost no clip; the trained one on 0.78-0.9 of them depending on threads / float order
+    assert confident > 0.6
     assert np.median(change) < LEAST_REGION_MAX_CHANGE, np.median(change)
 
 
