@@ -605,7 +605,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print("interrupted: finished cells are kept; rerun the same command to resume",
               file=sys.stderr)
         return 130
-    except (KeyError, ValueError, TypeError, OSError, RuntimeError) as exc:
+    except (KeyError, ValueError, TypeError, OSError, RuntimeError, ImportError) as exc:
         if os.environ.get("AXB_DEBUG"):
             raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
