@@ -14,8 +14,11 @@ g's probabilities; f's rows (``classifier/*``) are then the BASE-f reference of 
 """
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -52,7 +55,16 @@ class EvalConfig:
     listen: int = 4                 # test pairs written as WAV interpretations
     listen_tau: float = 0.1
     batch_size: int = 16
-    keep_bytes: float = 1.5e9       # explanations kept for the random-baseline pass (else redone)
+    # explanations kept for the random-baseline pass, spilled to a temporary folder on disk
+    # (never held in memory for the whole split); beyond this many bytes they are recomputed
+    keep_bytes: float = 1.5e9
+    # memory bounds: at most ``pair_batch`` (clip, class) pairs are explained and scored
+    # together (default: ``batch_size``; the random draws of the baselines follow these groups,
+    # so a set value is part of the cell's identity), and at most ``forward_batch`` modified
+    # inputs go through the explained model in one forward pass (changes nothing but float
+    # reduction order)
+    pair_batch: int | None = None
+    forward_batch: int = 128
     seed: int = 0
     removal: str = "subtract"       # operator of FF and its baselines: 'subtract' (paper) | 'fill'
     curve_removal: str = "fill"     # operator of deletion / insertion curves (metrics/removal.py)
@@ -63,6 +75,16 @@ class EvalConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that define a cell's results (its hash): ``forward_batch`` never
+        (it only bounds memory), ``pair_batch`` where it is set (cells hashed before it
+        existed keep their hash; on a multiclass task the default groups are the batches
+        they were)."""
+        out = {k: v for k, v in self.__dict__.items() if k != "forward_batch"}
+        if out["pair_batch"] is None:
+            del out["pair_batch"]
+        return out
 
 
 @dataclass
@@ -232,7 +254,16 @@ class Scorer:
 
     def _probs_of(self, sub: Batch, X2: Tensor, rows: Tensor) -> Tensor:
         """The explained model's (m, C) probabilities on x₂ = INV(X2, P) re-analysed, for m
-        modified spectrograms X2 of rows ``rows`` of ``sub``: one batched forward pass."""
+        modified spectrograms X2 of rows ``rows`` of ``sub``: batched forward passes of at most
+        ``eval.forward_batch`` inputs (resynthesis, re-analysis and f's activations of one
+        chunk at a time, so memory does not grow with the number of pairs)."""
+        step = max(1, int(self.cfg.forward_batch))
+        if len(X2) <= step:
+            return self._probs_chunk(sub, X2, rows)
+        return torch.cat([self._probs_chunk(sub, X2[i:i + step], rows[i:i + step])
+                          for i in range(0, len(X2), step)])
+
+    def _probs_chunk(self, sub: Batch, X2: Tensor, rows: Tensor) -> Tensor:
         fe = self.data.frontend
         rows = rows.to(sub.X.device)
         wave = fe.invert(X2, sub.phase[rows], sub.wave.shape[-1])
@@ -256,89 +287,97 @@ class Scorer:
     # -- main -----------------------------------------------------------------------------
     @torch.inference_mode()
     def run(self) -> EvalResult:
-        cfg, taus = self.cfg, self.cfg.taus
+        cfg = self.cfg
         explain = "explain" in self.caps
-        split = self.data.test
         f_all, s_all, g_all = [], [], []
-        pair_rows: list[dict[str, Any]] = []
-        rel_all, sel_all = [], []
-        kept: list[tuple | None] = []  # per batch with pairs: (sub, explanation, classes, p0)
-        kept_bytes = 0.0
-        n_degenerate = 0
-        gen = torch.Generator().manual_seed(cfg.seed + 104729)  # pass-1 draws (families)
-        listen: list[dict[str, Any]] = []
-        has_sources = split.sources is not None
-        for batch in progress_bar(self.loader, desc="evaluating", leave=False):
-            f_prob = self._f_probs_batch(batch)
-            f_all.append(f_prob.cpu())
-            if "surrogate" in self.caps:
-                s_all.append(self.ex.surrogate_predict(batch).float().cpu())
-            if "predict" in self.caps:
-                g_all.append(self.ex.predict(batch).float().cpu())
-            if not explain:
-                continue
-            m_prob = g_all[-1].to(f_prob.device) if self.explains_own_model else f_prob
-            rows, classes = self._pairs(m_prob)
-            if len(rows) == 0:
-                continue
-            sub = self._subset(batch, rows)
-            e = self.ex.explain(sub, classes)
-            p0 = m_prob[rows, classes]
-            rel_all.append(e.relevance.float().cpu())
-            ctx = PairContext(sub, e, classes, m_prob[rows],
-                              lambda X2, r, sub=sub: self._probs_of(sub, X2, r), gen,
-                              cvm.degenerate_rows(e.relevance))
-            n_degenerate += int(ctx.degenerate.sum())
-            cols: dict[str, Tensor] = {}
-            for fam in self.families:
-                cols.update(fam.pair_columns(ctx))
-            sels = []
-            for tau in taus:
-                sel = ffm.select_relevant(e.relevance, tau)
-                sels.append(sel.cpu())
-                if has_sources or (tau == cfg.listen_tau and len(listen) < cfg.listen):
-                    keep = e.mixture(sel)
-                if has_sources:
-                    cols.update(self._groundtruth(sub, rows, classes, keep, tau, batch))
-                if tau == cfg.listen_tau and len(listen) < cfg.listen:
-                    listen.extend(self._listen(sub, e, keep, classes, cfg.listen - len(listen)))
-            cols.update(self._lmac(sub, e, classes, m_prob[rows]))
-            sel_all.append(torch.stack(sels, 0))  # (n_tau, n, K)
-            if self._count_in_pass1:
-                cols.update(self._count_baseline(sub, e, classes, p0, torch.stack(sels, 0), gen))
-                kept.append(None)
-            else:
-                size = sub.X.numel() * 12  # X + complex phase, the bulk of what is kept
-                if kept_bytes + size <= cfg.keep_bytes:
-                    kept.append((sub, e, classes, p0))
-                    kept_bytes += size
-                else:
-                    kept.append(None)
-            ids = [split.ids[int(i)] for i in sub.index.cpu()]
-            cl = classes.cpu().tolist()
-            base = {k: v.float().cpu().numpy() for k, v in cols.items()}
-            for j in range(len(ids)):
-                row = {"id": ids[j], "class": self.data.task.classes[cl[j]], "class_index": cl[j],
-                       "f_prob": float(p0[j])}
-                row.update({k: float(v[j]) for k, v in base.items()})
-                pair_rows.append(row)
-        f_probs = torch.cat(f_all).numpy()
-        pairs = pd.DataFrame(pair_rows)
-        if explain and len(pairs) and not self._count_in_pass1:
-            self._random_baseline(pairs, torch.cat(sel_all, 1), kept)
-        if n_degenerate:
-            warnings.warn(f"{type(self.ex).__name__}: {n_degenerate} of {len(pairs)} explained "
+        st = _PassState(listen_left=cfg.listen,
+                        gen=torch.Generator().manual_seed(cfg.seed + 104729))  # pass-1 draws
+        with _Spill(cfg.keep_bytes, self.data.cache_dir, self.data.frontend) as kept:
+            for batch in progress_bar(self.loader, desc="evaluating", leave=False):
+                f_prob = self._f_probs_batch(batch)
+                f_all.append(f_prob.cpu())
+                if "surrogate" in self.caps:
+                    s_all.append(self.ex.surrogate_predict(batch).float().cpu())
+                if "predict" in self.caps:
+                    g_all.append(self.ex.predict(batch).float().cpu())
+                if not explain:
+                    continue
+                m_prob = g_all[-1].to(f_prob.device) if self.explains_own_model else f_prob
+                rows, classes = self._pairs(m_prob)
+                for r, c in self._chunks(rows, classes):
+                    self._score_pairs(batch, r, c, m_prob, st, kept)
+            f_probs = torch.cat(f_all).numpy()
+            pairs = pd.DataFrame(st.pair_rows)
+            if explain and len(pairs) and not self._count_in_pass1:
+                self._random_baseline(pairs, torch.cat(st.sel_all, 1), kept)
+        if st.n_degenerate:
+            warnings.warn(f"{type(self.ex).__name__}: {st.n_degenerate} of {len(pairs)} explained "
                           "pairs have relevances that are NaN or all equal; their deletion / "
                           "insertion curves (and FF where NaN) are NaN and leave every median "
                           "and test (faithfulness/n_degenerate)", RuntimeWarning, stacklevel=2)
         metrics = self._metrics(f_probs, s_all, g_all, pairs)
         if explain and len(pairs):
-            metrics["faithfulness/n_degenerate"] = float(n_degenerate)
+            metrics["faithfulness/n_degenerate"] = float(st.n_degenerate)
             for fam in self.families:
                 metrics.update(fam.summarise(pairs))
         per_sample = self._per_sample(f_probs, s_all, g_all)
-        relevance = torch.cat(rel_all).numpy() if rel_all else None
-        return EvalResult(metrics, per_sample, pairs, listen, relevance)
+        relevance = torch.cat(st.rel_all).numpy() if st.rel_all else None
+        return EvalResult(metrics, per_sample, pairs, st.listen, relevance)
+
+    def _chunks(self, rows: Tensor, classes: Tensor):
+        """The batch's explained pairs in groups of at most ``eval.pair_batch`` (default
+        ``eval.batch_size``): multilabel clips bring several pairs each, up to C per clip; the
+        pairs of one clip share its STFT and f(x), computed once per batch."""
+        step = max(1, int(self.cfg.pair_batch or self.cfg.batch_size))
+        for i in range(0, len(rows), step):
+            yield rows[i:i + step], classes[i:i + step]
+
+    def _score_pairs(self, batch: Batch, rows: Tensor, classes: Tensor, m_prob: Tensor,
+                     st: "_PassState", kept: "_Spill") -> None:
+        """Pass 1 on one group of pairs: explain, every metric family, FF's selections, the
+        ground truth, L-MAC, the listening examples; the explanation goes to ``kept`` when
+        the count baseline needs the whole set's mean |L| (second pass)."""
+        cfg, taus, split = self.cfg, self.cfg.taus, self.data.test
+        has_sources = split.sources is not None
+        sub = self._subset(batch, rows)
+        e = self.ex.explain(sub, classes)
+        p0 = m_prob[rows, classes]
+        st.rel_all.append(e.relevance.float().cpu())
+        ctx = PairContext(sub, e, classes, m_prob[rows],
+                          lambda X2, r, sub=sub: self._probs_of(sub, X2, r), st.gen,
+                          cvm.degenerate_rows(e.relevance))
+        st.n_degenerate += int(ctx.degenerate.sum())
+        cols: dict[str, Tensor] = {}
+        for fam in self.families:
+            cols.update(fam.pair_columns(ctx))
+        sels = []
+        for tau in taus:
+            sel = ffm.select_relevant(e.relevance, tau)
+            sels.append(sel.cpu())
+            listen_here = tau == cfg.listen_tau and st.listen_left > 0
+            if has_sources or listen_here:
+                keep = e.mixture(sel)
+            if has_sources:
+                cols.update(self._groundtruth(sub, rows, classes, keep, tau, batch))
+            if listen_here:
+                got = self._listen(sub, e, keep, classes, st.listen_left)
+                st.listen.extend(got)
+                st.listen_left -= len(got)
+        cols.update(self._lmac(sub, e, classes, m_prob[rows]))
+        st.sel_all.append(torch.stack(sels, 0))  # (n_tau, n, K)
+        if self._count_in_pass1:
+            cols.update(self._count_baseline(sub, e, classes, p0, torch.stack(sels, 0), st.gen))
+        else:
+            kept.append((sub, e, classes, p0))
+        ids = [split.ids[int(i)] for i in sub.index.cpu()]
+        cl = classes.cpu().tolist()
+        p0_host = p0.float().cpu().tolist()
+        base = {k: v.float().cpu().numpy() for k, v in cols.items()}
+        for j in range(len(ids)):
+            row = {"id": ids[j], "class": self.data.task.classes[cl[j]], "class_index": cl[j],
+                   "f_prob": p0_host[j]}
+            row.update({k: float(v[j]) for k, v in base.items()})
+            st.pair_rows.append(row)
 
     def _groundtruth(self, sub: Batch, rows: Tensor, classes: Tensor, keep: Tensor,
                      tau: float, batch: Batch) -> dict[str, Tensor]:
@@ -436,27 +475,28 @@ class Scorer:
         return out
 
     def pair_batches(self):
-        """(sub-batch, classes) of every explained pair, in the order of ``pairs`` (used by
-        the sanity checks to re-explain the same pairs)."""
+        """(sub-batch, classes) of every explained pair, in the order of ``pairs``, in the
+        groups of pass 1 (used by the sanity checks to re-explain the same pairs)."""
         for batch in self.loader:
             rows, classes = self._pairs(self._model_probs(batch))
-            if len(rows):
-                yield self._subset(batch, rows), classes
+            for r, c in self._chunks(rows, classes):
+                yield self._subset(batch, r), c
 
-    def _batches_with_pairs(self, kept: list[tuple | None]):
-        """The pass-1 explanations again: kept ones as they are, the others recomputed
-        (explain is deterministic, so both give the same components)."""
-        it = iter(kept)
+    def _recomputed(self, need: set[int]):
+        """For every pass-1 group in order: the item (sub, explanation, classes, p0) again,
+        recomputed, where its index is in ``need`` (explain is deterministic, so it gives the
+        same components), else None (not explained again)."""
+        i = 0
         for batch in self.loader:
             m_prob = self._model_probs(batch)
             rows, classes = self._pairs(m_prob)
-            if len(rows) == 0:
-                continue
-            item = next(it)
-            if item is None:
-                sub = self._subset(batch, rows)
-                item = (sub, self.ex.explain(sub, classes), classes, m_prob[rows, classes])
-            yield item
+            for r, c in self._chunks(rows, classes):
+                if i in need:
+                    sub = self._subset(batch, r)
+                    yield sub, self.ex.explain(sub, c), c, m_prob[r, c]
+                else:
+                    yield None
+                i += 1
 
     def _count_baseline(self, sub: Batch, e, classes: Tensor, p0: Tensor, sels: Tensor,
                         g: torch.Generator, counts: list[Tensor] | None = None
@@ -489,8 +529,7 @@ class Scorer:
             cols[f"random_share@{tau}"] = (mass * rnd.to(mass.dtype)).sum(1) / total
         return cols
 
-    def _random_baseline(self, pairs: pd.DataFrame, sels: Tensor,
-                         kept: list[tuple | None]) -> None:
+    def _random_baseline(self, pairs: pd.DataFrame, sels: Tensor, kept: "_Spill") -> None:
         """Second pass (count modes that need the whole set's mean |L|): remove as many random
         components as L holds on average, from outside L."""
         cfg, taus = self.cfg, self.cfg.taus
@@ -500,12 +539,9 @@ class Scorer:
         g = torch.Generator().manual_seed(cfg.seed + 7919)
         out: dict[str, list[Tensor]] = {}
         offset = 0
-        if all(k is not None for k in kept):
-            items = iter(kept)
-        else:
-            items = self._batches_with_pairs(kept)
+        items = kept.items(self._recomputed)
         for sub, e, classes, p0 in progress_bar(items, total=len(kept), desc="random baseline",
-                                        leave=False):
+                                                leave=False):
             n = len(classes)
             cols = self._count_baseline(sub, e, classes, p0, sels[:, offset:offset + n], g,
                                         [c[offset:offset + n] for c in counts])
@@ -630,3 +666,81 @@ class Scorer:
                 for c, n in enumerate(names):
                     df[f"prob/{n}"] = g[:, c]
         return df
+
+
+@dataclass
+class _PassState:
+    """What pass 1 accumulates over the split: one small row per pair, no explanation."""
+    listen_left: int
+    gen: torch.Generator
+    pair_rows: list[dict[str, Any]] = field(default_factory=list)
+    rel_all: list[Tensor] = field(default_factory=list)
+    sel_all: list[Tensor] = field(default_factory=list)
+    listen: list[dict[str, Any]] = field(default_factory=list)
+    n_degenerate: int = 0
+
+
+class _Spill:
+    """The pass-1 explanations the second pass needs, written one group at a time to a
+    temporary folder (under the run's cache folder) and read back one at a time, so the
+    scorer's memory is bounded by a group of pairs, not by the split. Once ``budget`` bytes
+    are on disk the remaining groups are not stored: ``items`` recomputes them (and the
+    stored ones are read back). The folder is removed on exit, also after an error."""
+
+    def __init__(self, budget: float, base: str | None, frontend) -> None:
+        self.budget, self.base, self.frontend = float(budget), base, frontend
+        self.dir: str | None = None
+        self.paths: list[str | None] = []
+        self.used = 0.0
+
+    def __enter__(self) -> "_Spill":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def append(self, item: tuple) -> None:
+        sub, e, classes, p0 = item
+        # the phase and the log-mel are recomputed from the waveform when read back (cheap,
+        # deterministic): half of what a group would take on disk
+        size = 4.0 * (sub.wave.numel() + 2 * sub.X.numel())
+        if self.used + size > self.budget:
+            self.paths.append(None)
+            return
+        if self.dir is None:
+            base = self.base if self.base and os.path.isdir(self.base) else None
+            self.dir = tempfile.mkdtemp(prefix=".scorer-spill-", dir=base)
+        path = os.path.join(self.dir, f"{len(self.paths):06d}.pt")
+        light = replace(sub, phase=sub.phase[:0], logmel=sub.logmel[:0])
+        try:
+            torch.save((light, e, classes, p0), path)
+        except (OSError, RuntimeError) as exc:  # disk full: recompute instead, say so once
+            if os.path.exists(path):
+                os.remove(path)
+            warnings.warn(f"could not spill explanations to {self.dir} ({exc}); the random "
+                          "baseline recomputes them", RuntimeWarning, stacklevel=2)
+            self.budget = self.used
+            self.paths.append(None)
+            return
+        self.used += size
+        self.paths.append(path)
+
+    def items(self, recompute):
+        """The stored groups in order; those not stored come from ``recompute(need)``, an
+        iterator over every group that explains again only the indices in ``need``."""
+        need = {i for i, p in enumerate(self.paths) if p is None}
+        if not need:
+            for path in self.paths:
+                yield self._load(path)
+            return
+        for path, item in zip(self.paths, recompute(need)):
+            yield item if path is None else self._load(path)
+
+    def _load(self, path: str) -> tuple:
+        sub, e, classes, p0 = torch.load(path, weights_only=False)
+        _, phase, logmel = self.frontend.analyze(sub.wave)
+        return replace(sub, phase=phase, logmel=logmel), e, classes, p0

@@ -569,7 +569,7 @@ def _cell_identity(spec: RunSpec, task: Task, fold_name: str, seed: int, method_
     name = getattr(method_cls, "registry_name", "") or spec.method
     resolved = {"method": name, "method_config": method_cfg, "task": task.describe(),
                 "fold": fold_name, "seed": seed, "classifier_config": clf_cfg,
-                "eval_config": eval_cfg.as_dict(), "profile": spec.profile,
+                "eval_config": eval_cfg.identity(), "profile": spec.profile,
                 "classifier_weights": spec.classifier_weights, "data_root": spec.data_root,
                 "task_options": spec.task_options}
     if spec.sanity:  # only then, so that the hash of every other cell stays as it was

@@ -43,6 +43,8 @@ class Rule:
     lt: float | None = None
     int_ok: bool = False
     nonempty: bool = False
+    min_items: int = 0  # tuples: at least this many (distinct) items
+    increasing: bool = False  # tuples: strictly increasing
     doc: str = ""
 
     def describe(self) -> str:
@@ -107,12 +109,13 @@ COMMON_RULES: dict[str, Rule] = {
                            doc="components the random baseline removes"),
     "baseline_pool": Rule(choices=("outside", "all"), doc="random baseline draws from"),
     "listen": NON_NEGATIVE, "listen_tau": Rule(ge=-1, lt=1),
-    "keep_bytes": NON_NEGATIVE,
+    "keep_bytes": NON_NEGATIVE, "pair_batch": POSITIVE_INT, "forward_batch": POSITIVE_INT,
     "removal": Rule(choices=("subtract", "fill"), doc="removal operator of FF and its baselines"),
     "curve_removal": Rule(choices=("fill", "subtract"),
                           doc="removal operator of the deletion / insertion curves"),
     "fill_quantile": Rule(ge=0, le=1, doc="background level of 'fill': quantile over frames"),
-    "budgets": Rule(gt=0, le=1, nonempty=True, doc="log1p-mass shares of the curves"),
+    "budgets": Rule(gt=0, le=1, nonempty=True, min_items=2, increasing=True,
+                    doc="log1p-mass shares of the curves (at least 2: their area is reported)"),
     "curve_draws": NON_NEGATIVE,
     "baseline_unmatched": Rule(choices=("nan", "cap"),
                                doc="count baseline short of components: NaN, or remove what there is"),
@@ -171,6 +174,12 @@ def check_value(owner: str, key: str, value: Any, rule: Rule | None) -> None:
     items = list(value) if isinstance(value, (list, tuple)) else [value]
     if isinstance(value, (list, tuple)) and rule.nonempty and not items:
         raise _fail(owner, key, value, "must not be empty")
+    if isinstance(value, (list, tuple)) and len(set(items)) < rule.min_items:
+        raise _fail(owner, key, value, f"must hold at least {rule.min_items} distinct values")
+    if isinstance(value, (list, tuple)) and rule.increasing and any(
+            not (isinstance(a, (int, float)) and isinstance(b, (int, float)) and a < b)
+            for a, b in zip(items, items[1:])):
+        raise _fail(owner, key, value, "must be strictly increasing")
     for v in items:
         if v is None or isinstance(v, bool):
             continue

@@ -99,3 +99,29 @@ def test_random_explainer_fails_and_saliency_changes(tmp_path):
     for key in ("lmac/ai", "lmac/ad", "lmac/ag", "lmac/fid_in", "lmac/sps", "lmac/comp_soft"):
         assert key in sal and key in rnd
     assert 0.0 <= sal["lmac/fid_in"] <= 100.0
+
+
+def test_stages_of_a_wrapped_network_are_its_layers():
+    """A classifier without ``randomisation_stages()`` behind a one-child wrapper (as
+    ``ExplainedModel`` wraps a user's network): the cascade walks the network's layers, top
+    first, instead of re-initialising the whole network as one block."""
+    from torch import nn
+
+    net = nn.Sequential()
+    net.add_module("conv1", nn.Conv1d(1, 4, 3))
+    net.add_module("act", nn.ReLU())
+    net.add_module("conv2", nn.Conv1d(4, 4, 3))
+    net.add_module("head", nn.Linear(4, 2))
+
+    class Wrapper(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.net = inner
+
+    names = [n for n, _ in sanity.randomisation_stages(Wrapper(net))]
+    assert names == ["net.head", "net.conv2", "net.conv1"]
+    stages = dict(sanity.cascade(Wrapper(net), seed=0))
+    top = stages["net.head"].net
+    assert not torch.equal(top.head.weight, net.head.weight)
+    assert torch.equal(top.conv1.weight, net.conv1.weight)  # only the head so far
+    assert not torch.equal(stages["net.conv1"].net.conv1.weight, net.conv1.weight)

@@ -97,13 +97,22 @@ def map_similarity(reference: Tensor, randomised: Tensor) -> Tensor:
 def randomisation_stages(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
     """Layers of ``model`` top-down, as ``[(name, modules)]``. A model declares them with a
     ``randomisation_stages()`` method (``KumarCNN``: head, layer18, B6 .. B1); otherwise its
-    direct children that hold parameters, last first."""
+    direct children that hold parameters, last first (through wrappers of a single network)."""
     own = getattr(model, "randomisation_stages", None)
     if callable(own):
         return list(own())
     kids = [(n, [m]) for n, m in model.named_children() if any(True for _ in m.parameters())]
     if not kids:
         raise ValueError(f"{type(model).__name__} has no parameterised layer to randomise")
+    # a wrapper around one network (``model.ExplainedModel`` around a user's classifier, an
+    # ``nn.Sequential`` holding one backbone): its layers are the stages, not the wrapper's one
+    # child, or the cascade would destroy the whole network in its first step
+    while len(kids) == 1:
+        inner = [(f"{kids[0][0]}.{n}", [m]) for n, m in kids[0][1][0].named_children()
+                 if any(True for _ in m.parameters())]
+        if not inner:
+            break
+        kids = inner
     return kids[::-1]
 
 
