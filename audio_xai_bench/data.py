@@ -32,10 +32,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import tempfile
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -311,9 +313,43 @@ def _materialize_cached(examples, fe, on_bad_file, desc, report, cache_dir, name
         raise ValueError(f"{desc}: no usable clip (of {len(examples)})")
     if rows == list(range(arr.shape[0])):
         wave = torch.from_numpy(arr)  # zero-copy view of the memory map
+        _MAPPED[wave.data_ptr()] = arr
     else:
         wave = torch.from_numpy(np.ascontiguousarray(arr[np.asarray(rows)]))
     return _assemble(kept, wave, fe)
+
+
+# waveform tensors that are zero-copy views of a cache entry's memory map (data_ptr -> map)
+_MAPPED: "weakref.WeakValueDictionary[int, np.memmap]" = weakref.WeakValueDictionary()
+
+
+def _drop_pages(arr: np.memmap, lo: int, hi: int) -> None:
+    """Let the kernel take back the pages of rows [lo, hi) of a memory-mapped (n, N) array
+    (``madvise(MADV_DONTNEED)``; clean file-backed pages are simply re-read on next access).
+    Without it every row ever read stays resident, so a pass over a split would hold the whole
+    split in memory. No-op where the platform lacks it."""
+    mm = getattr(arr, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED") or hi <= lo:
+        return
+    row = arr.strides[0]
+    base = arr.offset - arr.offset % mmap.ALLOCATIONGRANULARITY  # where the mapping starts
+    start = arr.offset - base + lo * row
+    end = arr.offset - base + hi * row
+    page = mmap.PAGESIZE
+    start, end = -(-start // page) * page, end // page * page
+    if end > start:
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+        except (OSError, ValueError):
+            pass
+
+
+def release_rows(wave: torch.Tensor, index: torch.Tensor) -> None:
+    """After a batch's rows were copied out of a memory-mapped split: release their pages,
+    so that memory is bounded by the batch, not by the split (evaluation's single pass)."""
+    arr = _MAPPED.get(wave.data_ptr()) if wave.numel() else None
+    if arr is not None and len(index):
+        _drop_pages(arr, int(index.min()), int(index.max()) + 1)
 
 
 def build_cache_entry(examples: list[Example], fe: FrontendConfig, base: str,
@@ -341,6 +377,9 @@ def build_cache_entry(examples: list[Example], fe: FrontendConfig, base: str,
             full[n] = res
             rows[fps[i]] = [n, flags[0], flags[1], flags[2]]
             n += 1
+            if n % 64 == 0:  # written rows leave the process's memory (they are on disk)
+                full.flush()
+                _drop_pages(full, n - 64, n)
         full.flush()
         if n == len(examples):
             del full

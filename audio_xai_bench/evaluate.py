@@ -64,7 +64,7 @@ class EvalConfig:
     # inputs go through the explained model in one forward pass (changes nothing but float
     # reduction order)
     pair_batch: int | None = None
-    forward_batch: int = 128
+    forward_batch: int = 32
     seed: int = 0
     removal: str = "subtract"       # operator of FF and its baselines: 'subtract' (paper) | 'fill'
     curve_removal: str = "fill"     # operator of deletion / insertion curves (metrics/removal.py)

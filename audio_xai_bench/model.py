@@ -146,6 +146,9 @@ def output_columns(net: nn.Module, task: Task, n_outputs: int) -> list[list[int]
         if names is None:
             raise ClassifierError(f"task {task.name!r} gives a label_map but classifier {who!r} "
                                   "declares no class_names to map")
+        if len(names) != n_outputs:  # a map by name onto the wrong columns would be silent
+            raise ClassifierError(f"classifier {who!r} declares {len(names)} class_names but "
+                                  f"has {n_outputs} outputs: the label_map cannot be applied")
         lookup = {n.lower(): i for i, n in enumerate(names)}
         cols = []
         for cls in task.classes:

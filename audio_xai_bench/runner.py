@@ -290,7 +290,9 @@ def classifier_capabilities(name: str) -> frozenset[str]:
 
 
 def methods_for(caps: frozenset[str]) -> list[str]:
-    """Registered methods whose ``classifier_needs`` the capabilities ``caps`` satisfy."""
+    """Registered post-hoc methods whose ``classifier_needs`` the capabilities ``caps``
+    satisfy: the ones that explain such a classifier. By-design methods are not listed: they
+    explain their own predictor and never read the classifier."""
     out = []
     for name in METHODS.names():
         try:
@@ -298,7 +300,8 @@ def methods_for(caps: frozenset[str]) -> list[str]:
             needs = frozenset(getattr(cls, "classifier_needs", frozenset()))
         except Exception:  # a broken plugin must not hide the others
             continue
-        if needs <= caps or not getattr(cls, "posthoc", True):  # by-design: f is not read
+        if getattr(cls, "posthoc", True) and "explain" in getattr(cls, "capabilities", ()) \
+                and needs <= caps:
             out.append(name)
     return out
 
@@ -313,7 +316,7 @@ def check_classifier(method_cls, method: str, classifier: str) -> None:
     if not needs <= caps:
         raise settings.SettingsError(
             f"method {method!r} needs a {', '.join(sorted(needs - caps))} classifier, but "
-            f"{classifier!r} is {', '.join(sorted(caps))}; methods that run with it: "
+            f"{classifier!r} is {', '.join(sorted(caps))}; post-hoc methods that explain it: "
             f"{', '.join(methods_for(caps))}")
 
 
@@ -337,6 +340,13 @@ def _adapt_to_classifier(method_cls, classifier: str, overrides: dict[str, Any])
         rules["hidden_layers"] = settings.Rule(choices=tuple(names), nonempty=True,
                                                doc="hidden maps of the classifier read by the "
                                                    "interpreter")
+        own = defaults["hidden_layers"]
+        own = (own,) if isinstance(own, str) else tuple(own)
+        if "hidden_layers" not in overrides and "hidden_layers" not in extra \
+                and not set(own) <= set(names):
+            # the method's default names are the Kumar CNN's: read as many of the classifier's
+            # deepest declared maps instead (the paper's Ψ reads f's last blocks)
+            extra["hidden_layers"] = tuple(names)[-len(own):]
     adapted = type(method_cls.__name__, (method_cls,),
                    {"setting_rules": rules, "__doc__": method_cls.__doc__,
                     "__module__": method_cls.__module__,
@@ -616,6 +626,13 @@ def _load_data(spec: RunSpec, task: Task, fold, seed: int, device: torch.device,
     return data, report
 
 
+def _check_training_split(spec: RunSpec, task: Task, fold: str, method_cls, n_train: int) -> None:
+    if getattr(method_cls, "needs_training", True) and n_train == 0:
+        raise ValueError(f"method {spec.method!r} learns from the training split, which is empty "
+                         f"on task {task.name!r} fold {fold}; methods that only query f: "
+                         f"{', '.join(n for n in METHODS.names() if _queries_only(n))}")
+
+
 def _run_cell(spec: RunSpec, task: Task, fold, seed: int, method_cls, method_cfg: dict,
               clf_cfg: dict, eval_cfg: EvalConfig, device: torch.device, cache: Path,
               log) -> dict[str, Any]:
@@ -626,16 +643,14 @@ def _run_cell(spec: RunSpec, task: Task, fold, seed: int, method_cls, method_cfg
         return read_cell(path)
     t0 = time.time()
     fe_cfg = task.frontend
+    _check_training_split(spec, task, fold.name, method_cls, len(fold.train))  # before loading
     data, report = _load_data(spec, task, fold, seed, device, cache)
     f, f_info = get_model(spec, data, clf_cfg, cache, seed, log)
     dict_info = None
     if method_cls.needs_dictionary:
         data.dictionary, dict_info = get_dictionary(data, int(method_cfg["K"]), seed, cache,
                                                     method_cfg, log)
-    if getattr(method_cls, "needs_training", True) and len(data.train) == 0:
-        raise ValueError(f"method {spec.method!r} learns from the training split, which is empty "
-                         f"on task {task.name!r} fold {fold.name}; methods that only query f: "
-                         f"{', '.join(n for n in METHODS.names() if _queries_only(n))}")
+    _check_training_split(spec, task, fold.name, method_cls, len(data.train))  # after skips
     torch.manual_seed(seed)
     explainer: Explainer = method_cls(method_cfg, seed=seed, device=device)
     t_fit = time.time()

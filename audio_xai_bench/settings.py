@@ -109,7 +109,12 @@ COMMON_RULES: dict[str, Rule] = {
                            doc="components the random baseline removes"),
     "baseline_pool": Rule(choices=("outside", "all"), doc="random baseline draws from"),
     "listen": NON_NEGATIVE, "listen_tau": Rule(ge=-1, lt=1),
-    "keep_bytes": NON_NEGATIVE, "pair_batch": POSITIVE_INT, "forward_batch": POSITIVE_INT,
+    "keep_bytes": Rule(ge=0, doc="bytes of explanations spilled to disk for the random "
+                                  "baseline's second pass; past it they are recomputed"),
+    "pair_batch": Rule(ge=1, doc="(clip, class) pairs explained and scored together "
+                                 "(default: batch_size); bounds the scorer's memory"),
+    "forward_batch": Rule(ge=1, doc="modified inputs per forward pass of the explained model "
+                                    "(memory only; not part of the cell's hash)"),
     "removal": Rule(choices=("subtract", "fill"), doc="removal operator of FF and its baselines"),
     "curve_removal": Rule(choices=("fill", "subtract"),
                           doc="removal operator of the deletion / insertion curves"),

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from .progress import bar as progress_bar
 
 from .api import Batch, SplitData
+from .data import release_rows
 from .results import umask_mode
 
 
@@ -38,6 +39,9 @@ class BatchLoader:
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.device = torch.device(device)
         self.with_phase = with_phase
+        # a single ordered pass (evaluation): rows read from a memory-mapped waveform cache are
+        # released once copied, so the pass holds one batch, not the split
+        self.release = with_phase and not shuffle
         self.epoch = 0
         pin = self.device.type == "cuda"
         self.wave = split.wave.pin_memory() if pin else split.wave
@@ -63,6 +67,8 @@ class BatchLoader:
     def batch(self, index: Tensor) -> Batch:
         s = self.split
         wave = self.wave[index]
+        if self.release:
+            release_rows(s.wave, index)
         if self.device.type == "cuda":  # indexing a pinned tensor gives an unpinned copy:
             wave = wave.pin_memory()    # pin it, so that the copy below is asynchronous
         wave = wave.to(self.device, non_blocking=True)

@@ -263,8 +263,8 @@ def test_gradient_method_refuses_a_black_box_classifier(classifier, tmp_path, ca
     msg = _refused(["--classifier", classifier, "--method", "saliency", "--task", "synth",
                     "--profile", "small"], tmp_path, cache, capsys)
     assert "white-box" in msg and classifier in msg
-    assert "methods that run with it" in msg
-    runs_with = msg.split("methods that run with it:")[1]
+    assert "post-hoc methods that explain it" in msg
+    runs_with = msg.split("post-hoc methods that explain it:")[1]
     for ok in ("random", "occlusion", "slime"):
         assert ok in runs_with
     for needs_gradients in ("saliency", "gradcam", "integrated-gradients"):
@@ -450,3 +450,32 @@ def test_yamnet_onnx_classifies_speech_beeps_and_noise(tmp_path, cache):
     ident = json.loads((cells[0] / "config.json").read_text())["classifier_identity"]
     assert ident["classifier"] == "yamnet-onnx" and ident["capabilities"] == ["black-box"]
     assert ident["label_map"]["beep"] == ["Beep, bleep", "Sine wave"]
+
+
+class NamesOnly(TwoClassWhiteBox):
+    """Declares its hidden maps but no ``explainer_defaults``."""
+
+    hidden_layer_names: ClassVar[tuple[str, ...]] = ("h1", "h2", "h3", "h4")
+    explainer_defaults: ClassVar[dict] = {}
+
+
+def test_hidden_names_without_explainer_defaults_give_l2i_the_deepest_maps():
+    from audio_xai_bench.registry import METHODS
+    from audio_xai_bench.runner import _adapt_to_classifier
+
+    l2i = METHODS.get("l2i")
+    cls, over = _adapt_to_classifier(l2i, f"{__name__}:NamesOnly", {})
+    assert over["hidden_layers"] == ("h2", "h3", "h4")  # as many as l2i reads, deepest
+    cls, over = _adapt_to_classifier(l2i, f"{__name__}:NamesOnly", {"hidden_layers": "h1"})
+    assert over["hidden_layers"] == "h1"  # the user's --set wins
+
+
+def test_methods_for_lists_posthoc_explainers_only():
+    from audio_xai_bench.registry import METHODS
+    from audio_xai_bench.runner import methods_for
+
+    black = methods_for(frozenset({"black-box"}))
+    assert "slime" in black and "occlusion" in black and "saliency" not in black
+    for name in black:
+        assert METHODS.get(name).posthoc, name  # l2i-bd & co. never read the classifier
+    assert "l2i" in methods_for(frozenset({"white-box", "black-box"}))
