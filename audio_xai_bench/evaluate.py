@@ -258,6 +258,7 @@ class Scorer:
         ``eval.forward_batch`` inputs (resynthesis, re-analysis and f's activations of one
         chunk at a time, so memory does not grow with the number of pairs)."""
         step = max(1, int(self.cfg.forward_batch))
+        rows = rows.to(sub.X.device)  # once, not per chunk (a no-op on the device)
         if len(X2) <= step:
             return self._probs_chunk(sub, X2, rows)
         return torch.cat([self._probs_chunk(sub, X2[i:i + step], rows[i:i + step])
@@ -265,7 +266,6 @@ class Scorer:
 
     def _probs_chunk(self, sub: Batch, X2: Tensor, rows: Tensor) -> Tensor:
         fe = self.data.frontend
-        rows = rows.to(sub.X.device)
         wave = fe.invert(X2, sub.phase[rows], sub.wave.shape[-1])
         if not self.explains_own_model:  # f needs only the log-mel (~20 % of a pass saved)
             return self._f_probs(self._f_input_of_wave(wave))
