@@ -474,29 +474,31 @@ class Scorer:
             out.append(item)
         return out
 
-    def pair_batches(self):
-        """(sub-batch, classes) of every explained pair, in the order of ``pairs``, in the
-        groups of pass 1 (used by the sanity checks to re-explain the same pairs)."""
+    def _groups(self):
+        """(batch, rows, classes, model probabilities) of every pass-1 group of pairs, in the
+        order of ``pairs``."""
         for batch in self.loader:
-            rows, classes = self._pairs(self._model_probs(batch))
+            m_prob = self._model_probs(batch)
+            rows, classes = self._pairs(m_prob)
             for r, c in self._chunks(rows, classes):
-                yield self._subset(batch, r), c
+                yield batch, r, c, m_prob
+
+    def pair_batches(self):
+        """(sub-batch, classes) of every explained pair, in the groups of pass 1 (used by the
+        sanity checks to re-explain the same pairs)."""
+        for batch, r, c, _ in self._groups():
+            yield self._subset(batch, r), c
 
     def _recomputed(self, need: set[int]):
         """For every pass-1 group in order: the item (sub, explanation, classes, p0) again,
         recomputed, where its index is in ``need`` (explain is deterministic, so it gives the
         same components), else None (not explained again)."""
-        i = 0
-        for batch in self.loader:
-            m_prob = self._model_probs(batch)
-            rows, classes = self._pairs(m_prob)
-            for r, c in self._chunks(rows, classes):
-                if i in need:
-                    sub = self._subset(batch, r)
-                    yield sub, self.ex.explain(sub, c), c, m_prob[r, c]
-                else:
-                    yield None
-                i += 1
+        for i, (batch, r, c, m_prob) in enumerate(self._groups()):
+            if i in need:
+                sub = self._subset(batch, r)
+                yield sub, self.ex.explain(sub, c), c, m_prob[r, c]
+            else:
+                yield None
 
     def _count_baseline(self, sub: Batch, e, classes: Tensor, p0: Tensor, sels: Tensor,
                         g: torch.Generator, counts: list[Tensor] | None = None

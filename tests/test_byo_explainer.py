@@ -2,17 +2,14 @@
 import path, and once installed it is discovered through its entry point."""
 from __future__ import annotations
 
-import importlib
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from audio_xai_bench import cli
 from audio_xai_bench.registry import Registry
+from plugin_helpers import forget_modules, install_example
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "my_explainer"
 
@@ -21,8 +18,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "my_explainer"
 def example_on_path(monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLE))
     yield
-    for name in [m for m in sys.modules if m == "my_explainer" or m.startswith("my_explainer.")]:
-        del sys.modules[name]
+    forget_modules("my_explainer")
 
 
 def test_example_runs_by_import_path(tmp_path, example_on_path):
@@ -42,16 +38,7 @@ def test_example_runs_by_import_path(tmp_path, example_on_path):
 
 
 def test_installed_example_is_found_by_entry_point(tmp_path, monkeypatch):
-    src = tmp_path / "src"
-    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info",
-                                                                "__pycache__"))
-    target = tmp_path / "site"
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index",
-                           "--no-build-isolation", "--quiet", "--target", str(target), str(src)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, f"pip could not install the example: {proc.stderr[-800:]}"
-    monkeypatch.syspath_prepend(str(target))
-    importlib.invalidate_caches()
+    install_example(EXAMPLE, tmp_path, monkeypatch)
     try:
         methods = Registry("method", "audio_xai_bench.methods")
         assert "energy-explainer" in methods.names()
@@ -59,6 +46,4 @@ def test_installed_example_is_found_by_entry_point(tmp_path, monkeypatch):
         assert cls.__name__ == "EnergyExplainer" and cls.registry_name == "energy-explainer"
         assert cls.capabilities == frozenset({"explain"})
     finally:
-        for name in [m for m in sys.modules
-                     if m == "my_explainer" or m.startswith("my_explainer.")]:
-            del sys.modules[name]
+        forget_modules("my_explainer")

@@ -12,7 +12,6 @@ import json
 import math
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import ClassVar
@@ -29,6 +28,7 @@ from audio_xai_bench.audio import Frontend
 from audio_xai_bench.classifier import KumarCNN, probabilities
 from audio_xai_bench.leaderboard import variant_of
 from audio_xai_bench.model import ClassifierError, ExplainedModel, output_columns
+from plugin_helpers import forget_modules, install_example
 from audio_xai_bench.registry import Registry
 from audio_xai_bench.runner import RunSpec
 
@@ -109,8 +109,7 @@ def cache(tmp_path_factory) -> Path:
 def example_on_path(monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLE))
     yield
-    for name in [m for m in sys.modules if m == "my_classifier" or m.startswith("my_classifier.")]:
-        del sys.modules[name]
+    forget_modules("my_classifier")
 
 
 @pytest.fixture(scope="module")
@@ -234,15 +233,7 @@ def test_example_classifier_runs_posthoc_methods(method, tmp_path, cache, exampl
 
 
 def test_installed_example_is_found_by_entry_point(tmp_path, monkeypatch):
-    src = tmp_path / "src"
-    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info",
-                                                                "__pycache__"))
-    target = tmp_path / "site"
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index",
-                           "--no-build-isolation", "--quiet", "--target", str(target), str(src)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, f"pip could not install the example: {proc.stderr[-800:]}"
-    monkeypatch.syspath_prepend(str(target))
+    install_example(EXAMPLE, tmp_path, monkeypatch)
     try:
         classifiers = Registry("classifier", "audio_xai_bench.classifiers")
         assert "tiny-wave" in classifiers.names()
@@ -250,9 +241,7 @@ def test_installed_example_is_found_by_entry_point(tmp_path, monkeypatch):
         assert cls.__name__ == "TinyWaveNet" and cls.registry_name == "tiny-wave"
         assert cls.input == "waveform"
     finally:
-        for name in [m for m in sys.modules
-                     if m == "my_classifier" or m.startswith("my_classifier.")]:
-            del sys.modules[name]
+        forget_modules("my_classifier")
 
 
 # --------------------------------------------------------------------------------------------

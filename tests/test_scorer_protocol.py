@@ -15,6 +15,7 @@ from audio_xai_bench.evaluate import EvalConfig, Scorer, official_metrics
 from audio_xai_bench.metrics import fidelity as fid
 from audio_xai_bench.registry import TASKS
 from audio_xai_bench.train import BatchLoader
+from plugin_helpers import task_data
 
 
 class _ProjF(nn.Module):
@@ -55,12 +56,8 @@ class _Stub(Explainer):
 
 @pytest.fixture(scope="module")
 def setting():
-    task = TASKS.get("synth-multilabel")(profile="small")
-    fold = task.folds()[0]
-    fe = task.frontend
-    data = TaskData(task=task, fold="0", train=materialize(fold.train, fe),
-                    valid=materialize(fold.valid, fe), test=materialize(fold.test, fe),
-                    frontend=Frontend(fe), seed=0)
+    data = task_data("synth-multilabel")
+    task, fe = data.task, data.task.frontend
     f = _ProjF(fe.n_frames * fe.n_mels, task.num_classes).eval()
     ex = _Stub({})
     ex.fit(data, f)

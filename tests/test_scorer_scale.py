@@ -15,10 +15,8 @@ import torch
 from torch import nn
 
 from audio_xai_bench.api import Explainer, SegmentExplanation, TaskData
-from audio_xai_bench.audio import Frontend
-from audio_xai_bench.data import materialize
 from audio_xai_bench.evaluate import EvalConfig, Scorer
-from audio_xai_bench.registry import TASKS
+from plugin_helpers import task_data
 
 
 class _ProjF(nn.Module):
@@ -64,13 +62,9 @@ class _Grid(Explainer):
 
 @pytest.fixture(scope="module")
 def setting():
-    task = TASKS.get("synth-multilabel")(profile="small")
-    fold = task.folds()[0]
-    fe = task.frontend
-    data = TaskData(task=task, fold="0", train=materialize(fold.train, fe),
-                    valid=materialize(fold.valid, fe), test=materialize(fold.test[:18], fe),
-                    frontend=Frontend(fe), seed=0)
-    f = _ProjF(fe.n_frames * fe.n_mels, task.num_classes).eval()
+    data = task_data("synth-multilabel", n_test=18)
+    fe = data.task.frontend
+    f = _ProjF(fe.n_frames * fe.n_mels, data.task.num_classes).eval()
     return data, f
 
 
