@@ -717,7 +717,8 @@ class _Spill:
             base = self.base if self.base and os.path.isdir(self.base) else None
             self.dir = tempfile.mkdtemp(prefix=".scorer-spill-", dir=base)
         path = os.path.join(self.dir, f"{len(self.paths):06d}.pt")
-        light = replace(sub, phase=sub.phase[:0], logmel=sub.logmel[:0])
+        # fresh empty tensors: a [:0] view would still save its whole storage
+        light = replace(sub, phase=sub.phase.new_empty(0), logmel=sub.logmel.new_empty(0))
         try:
             torch.save((light, e, classes, p0), path)
         except (OSError, RuntimeError) as exc:  # disk full: recompute instead, say so once
