@@ -384,6 +384,9 @@ class Explainer:
     small_profile: ClassVar[dict[str, Any]] = {}  # overrides for ``--profile small``
     # allowed values of settings beyond settings.COMMON_RULES (key -> settings.Rule)
     setting_rules: ClassVar[dict[str, Any]] = {}
+    # settings that change how fast, never what is computed (tested bit for bit): left out
+    # of the cell's hash, so changing them reuses the cell's results
+    speed_settings: ClassVar[frozenset[str]] = frozenset()
     registry_name: ClassVar[str] = ""
 
     def __init__(self, config: dict[str, Any], seed: int = 0,

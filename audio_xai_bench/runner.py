@@ -577,7 +577,10 @@ def prepare_shared(spec: RunSpec, log=print) -> list[dict[str, Any]]:
 def _cell_identity(spec: RunSpec, task: Task, fold_name: str, seed: int, method_cls,
                    method_cfg: dict, clf_cfg: dict, eval_cfg: EvalConfig):
     name = getattr(method_cls, "registry_name", "") or spec.method
-    resolved = {"method": name, "method_config": method_cfg, "task": task.describe(),
+    speed = getattr(method_cls, "speed_settings", frozenset())
+    resolved = {"method": name,
+                "method_config": {k: v for k, v in method_cfg.items() if k not in speed},
+                "task": task.describe(),
                 "fold": fold_name, "seed": seed, "classifier_config": clf_cfg,
                 "eval_config": eval_cfg.identity(), "profile": spec.profile,
                 "classifier_weights": spec.classifier_weights, "data_root": spec.data_root,

@@ -52,3 +52,52 @@ def test_inference_copy_is_the_same_function_and_leaves_f_alone():
         torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), f(x),
                                    atol=1e-4, rtol=1e-4)
     assert all(torch.equal(before[k], v) for k, v in f.state_dict().items())
+
+
+def test_concurrent_chunks_are_bit_identical_and_leave_the_cell_hash():
+    """workers > 1 runs chunks of perturbed inputs on threads: the same numbers bit for bit,
+    and a speed setting, so it does not enter the cell's hash."""
+    from audio_xai_bench.api import Batch
+    from audio_xai_bench.parallel import map_chunks
+
+    fe = Frontend(FE_CFG)
+    torch.manual_seed(0)
+    f = KumarCNN(4, width=0.125, head_mid=32).eval()
+    wave = torch.randn(3, FE_CFG.clip_samples, generator=torch.Generator().manual_seed(1)) * 0.1
+    X, phase, logmel = fe.analyze(wave)
+    batch = Batch(wave, X, phase, logmel, torch.zeros(3, 4), torch.ones(3, 4, dtype=torch.bool),
+                  torch.arange(3))
+
+    class _Data:
+        frontend = fe
+
+        class task:
+            kind = "multiclass"
+
+    rel = {}
+    for workers in (1, 2, 3):
+        ex = slime.SLIME({**slime.SLIME.defaults, "n_samples": 40, "chunk": 7,
+                          "workers": workers}, seed=0)
+        ex.fit(_Data(), f)
+        rel[workers] = ex.explain(batch, torch.tensor([0, 3, 1])).relevance
+    assert torch.equal(rel[1], rel[2]) and torch.equal(rel[1], rel[3])
+    assert "workers" in slime.SLIME.speed_settings
+    # results come back in input order, and an error in a chunk surfaces
+    assert map_chunks(lambda i: i * i, list(range(9)), 4) == [i * i for i in range(9)]
+    assert map_chunks(lambda i: torch.is_inference_mode_enabled(), [0, 1], 2) == [True, True]
+    try:
+        map_chunks(lambda i: 1 // (i - 3), list(range(6)), 2)
+    except ZeroDivisionError:
+        pass
+    else:
+        raise AssertionError("the chunk's error was swallowed")
+
+
+def test_speed_settings_do_not_change_the_cell(tmp_path):
+    from audio_xai_bench.runner import RunSpec, plan
+
+    def cells(**over):
+        return plan(RunSpec("slime", "synth", out=str(tmp_path), overrides=over))
+
+    assert cells() == cells(**{"workers": "1"}) == cells(**{"workers": "2"})
+    assert cells() != cells(**{"n_samples": "17"})  # a real setting does

@@ -17,7 +17,8 @@ perturbation samples per clip, explaining one class per clip.
   scikit-learn Ridge), one clip at a time.
 - ours: ``SLIME.explain`` on the clips as one batch with its defaults (perturbed log-mel from
   the per-band mel contributions, inference copy of f, ``chunk`` = 32 perturbed inputs per
-  forward pass, closed-form batched ridge).
+  forward pass, ``workers`` = torch's thread count chunks at once, closed-form batched ridge);
+  also with ``workers`` = 1 (one chunk after another), to show what the concurrency adds.
 - ours before issue 14: the previous path, kept here as the reference for the before/after
   ratio (perturbed magnitude -> ``logmel_of_masked``, the plain f, chunks of 256).
 
@@ -39,7 +40,7 @@ from audio_xai_bench.audio import Frontend
 from audio_xai_bench.classifier import KumarCNN, probabilities
 from audio_xai_bench.methods.slime import SLIME
 
-CLIPS, N, ROUNDS = 4, 200, 3
+CLIPS, N, ROUNDS = 4, 200, 5
 THREADS = int(os.environ.get("SLIME_BENCH_THREADS", "0"))
 
 
@@ -95,8 +96,9 @@ def _lime_path(fe, f, batch, classes, ex, batch_size):
     return out
 
 
-def _ours(ex, batch, classes):
+def _ours(ex, batch, classes, workers=0):
     ex.memo.store.clear()  # time the computation, not the memo
+    ex.config["workers"] = workers
     with torch.inference_mode():
         return ex.explain(batch, classes)
 
@@ -129,10 +131,12 @@ def test_bench_slime_vs_lime(benchmark, setup):
     coef = _ours_before(ex, batch, classes)
     torch.testing.assert_close(r_new, coef.float() / coef.abs().amax(1, keepdim=True).float(),
                                atol=1e-3, rtol=0)
-    times = {"lime10": [], "limeN": [], "before": [], "ours": []}
+    torch.testing.assert_close(_ours(ex, batch, classes, 1).relevance, r_new, atol=0, rtol=0)
+    times = {"lime10": [], "limeN": [], "before": [], "ours1": [], "ours": []}
     fns = {"lime10": lambda: _lime_path(fe, f, batch, classes, ex, 10),
            "limeN": lambda: _lime_path(fe, f, batch, classes, ex, N),
            "before": lambda: _ours_before(ex, batch, classes),
+           "ours1": lambda: _ours(ex, batch, classes, 1),
            "ours": lambda: _ours(ex, batch, classes)}
     for _ in range(ROUNDS):  # interleaved: each round measures all four under the same load
         for k, fn in fns.items():
@@ -144,9 +148,10 @@ def test_bench_slime_vs_lime(benchmark, setup):
     for k, label in (("lime10", "lime path (classifier_fn batch 10)"),
                      ("limeN", f"lime path (classifier_fn batch {N})"),
                      ("before", "ours before (magnitude masks, chunk 256)"),
+                     ("ours1", "ours, one chunk at a time (workers 1)"),
                      ("ours", "ours (mel contributions, f copy, chunk 32)")):
         print(f"  {label:<44} {t[k]:7.2f} s  ({t[k] / (CLIPS * N) * 1e3:.2f} ms/sample)")
-    for k in ("lime10", "limeN", "before"):
+    for k in ("lime10", "limeN", "before", "ours1"):
         r = [a / b for a, b in zip(times[k], times["ours"])]
         print(f"  speed-up vs {k:<7}: {t[k] / t['ours']:.2f}x (min/min), rounds {min(r):.2f}-{max(r):.2f}x")
     assert t["ours"] > 0
