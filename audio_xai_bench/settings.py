@@ -147,6 +147,8 @@ def _parse_scalar(owner: str, key: str, ref: Any, value: str, rule: Rule | None)
         if rule is not None and rule.choices and value in rule.choices:
             return value  # a number-or-word setting (e.g. threshold=per_class)
         try:
+            if ref is None and value.strip().lstrip("+-").isdigit():
+                return int(value)  # a setting with no default (e.g. pair_batch): "4" is 4
             num = int(value) if isinstance(ref, int) else float(value)
         except ValueError:
             kind = "an integer" if isinstance(ref, int) else "a number"

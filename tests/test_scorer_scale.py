@@ -135,3 +135,11 @@ def test_pair_batch_enters_the_cell_hash_only_when_set():
     assert "pair_batch" not in base and "forward_batch" not in base
     assert EvalConfig(forward_batch=3).identity() == base
     assert EvalConfig(pair_batch=4).identity()["pair_batch"] == 4
+
+
+def test_pair_batch_from_the_command_line_is_an_integer():
+    from audio_xai_bench.runner import resolve_eval_config
+
+    c = resolve_eval_config({"pair_batch": "4"}, 0)
+    assert c.pair_batch == 4 and isinstance(c.pair_batch, int)
+    assert isinstance(c.identity()["pair_batch"], int)
