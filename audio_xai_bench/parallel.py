@@ -3,12 +3,13 @@
 Many small forward passes (SLIME's N perturbed inputs per clip) leave CPU cores idle: a
 (32, 4, 94, 64) convolution is too small for PyTorch's intra-op threads to split well. PyTorch
 releases the GIL inside its kernels, so running two such chunks at once on two Python threads
-can keep both cores busy (SLIME's perturbed inputs through the synth classifier: 1.1-1.7x
-on 2 shared cores, depending on the host's load; README, "Benchmarks"). It does not pay
+can keep both cores busy (SLIME's perturbed inputs through the synth classifier: 1.1-1.7x on
+2 shared cores, depending on the host's load; README, "Benchmarks"). It does not pay
 everywhere: the scorer's chunks (inverse STFT, STFT, f) ran 10 % slower this way on synth,
-their STFTs already use the intra-op threads, so the scorer does not use it. Each chunk's result does not depend on which thread computed it or in which
-order (tested bit for bit), and results come back in input order. On a GPU one stream of
-large batches is what pays, so the helper runs serially there.
+since their STFTs already use the intra-op threads, so the scorer does not use it. Each
+chunk's result does not depend on which thread computed it or in which order (tested bit for
+bit), and results come back in input order. On a GPU one stream of large batches is what
+pays, so the helper runs serially there.
 
 Grad mode is thread-local in PyTorch: ``map_chunks`` runs every call in inference mode, the
 only mode its callers use.
