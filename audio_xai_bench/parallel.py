@@ -6,9 +6,10 @@ releases the GIL inside its kernels, so running two such chunks at once on two P
 can keep both cores busy (SLIME's perturbed inputs through the synth classifier: 1.1-1.7x on
 2 shared cores, depending on the host's load; README, "Benchmarks"). It does not pay
 everywhere: the scorer's chunks (inverse STFT, STFT, f) ran 10 % slower this way on synth,
-since their STFTs already use the intra-op threads, so the scorer does not use it. Each
-chunk's result does not depend on which thread computed it or in which order (tested bit for
-bit), and results come back in input order. On a GPU one stream of large batches is what
+since their STFTs already use the intra-op threads, so the scorer does not use it. Every
+call runs on one intra-op thread, so a chunk's result does not depend on which thread
+computed it, in which order, or how many ran at once (tested bit for bit), and results come
+back in input order. On a GPU one stream of large batches is what
 pays, so the helper runs serially there.
 
 Grad mode is thread-local in PyTorch: ``map_chunks`` runs every call in inference mode, the
@@ -32,15 +33,30 @@ def default_workers(device: torch.device | str) -> int:
 
 
 def map_chunks(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
-    """``[fn(x) for x in items]`` in inference mode, on ``workers`` threads when > 1.
+    """``[fn(x) for x in items]`` in inference mode, ``workers`` calls at a time, each call on
+    ONE intra-op thread.
 
-    An exception in any call is raised here (the first in input order)."""
+    One thread per call makes every result independent of how many run at once and of the
+    machine's thread count (oneDNN's convolutions round differently with 1 and 2 threads),
+    and two calls at once on two cores no longer each start a team of OpenMP threads that
+    spin against each other (SLIME benchmark: 1.1x -> 1.2x over one chunk at a time). So
+    ``workers`` is a pure speed setting: 1 runs the calls one after another on one core.
+    PyTorch keeps the intra-op count per thread, but a new thread starts with the last count
+    set anywhere, so the caller's count is set again afterwards. An exception in any call is
+    raised here (the first in input order)."""
     def call(x: T) -> R:
         with torch.inference_mode():
             return fn(x)
 
     workers = max(1, min(int(workers), len(items)))
-    if workers == 1:
-        return [call(x) for x in items]
-    with ThreadPoolExecutor(workers, thread_name_prefix="axb-chunk") as pool:
-        return list(pool.map(call, items))
+    threads = torch.get_num_threads()
+    try:
+        if workers == 1:
+            torch.set_num_threads(1)
+            return [call(x) for x in items]
+        with ThreadPoolExecutor(workers, thread_name_prefix="axb-chunk",
+                                initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            return list(pool.map(call, items))
+    finally:
+        if threads != 1:
+            torch.set_num_threads(threads)  # the caller's count, and what new threads start with

@@ -29,8 +29,9 @@ perturbed log-mel equals ``logmel_of_masked`` up to float summation order (teste
 on the N perturbed inputs are computed in inference mode, ``chunk`` inputs per forward pass
 (32 by default: on CPU a (chunk, C, T, M) activation that fits in cache beats a larger batch),
 with an inference copy of f (``inference_copy``: BatchNorm folded into the preceding
-convolution, channels-last memory layout), which computes the same function up to float
-rounding. The perturbations of one clip are shared by all classes explained for it, and the
+convolution, 2 x 2 max-pools as strided maxima, channels-last memory layout), which computes
+the same function up to float rounding; on CPU ``workers`` chunks run at once, each on one
+intra-op thread (``parallel.map_chunks``), so the numbers do not depend on ``workers``. The perturbations of one clip are shared by all classes explained for it, and the
 weighted ridge is solved in closed form (weighted centring, then (ZᵀWZ + αI) β = ZᵀWy), batched
 over pairs. Deviations: f's log-mel is recomputed from the masked magnitude (no resynthesis to
 a waveform, which the scorer does only for FF); "≤ 5 chunks" (the number of segments LIME
@@ -131,16 +132,39 @@ def perturbed_logmel(frontend, P: Tensor, z: Tensor, grid: RegionGrid,
     for s, n in enumerate(segment_lengths(grid) if lengths is None else lengths):  # time segments are contiguous and in order
         parts.append((zs[:, :, s] @ P[:, t0:t0 + n].reshape(nf, n * M)).view(-1, n, M))
         t0 += n
-    mel = torch.cat(parts, dim=1)
-    db = 10.0 * torch.log10(mel.clamp_min(1e-10))
+    db = torch.cat(parts, dim=1).clamp_min_(1e-10).log10_().mul_(10.0)  # in place: one buffer
     top = db.amax(dim=(1, 2), keepdim=True)
-    return torch.maximum(db, top - frontend.config.top_db).unsqueeze(1)
+    return db.clamp_min_(top - frontend.config.top_db).unsqueeze(1)
+
+
+class StridedMaxPool2d(nn.Module):
+    """``nn.MaxPool2d(2)`` (kernel = stride = 2, no padding, floor mode) as two elementwise
+    maxima of strided views: the same values bit for bit (a max is exact), and on CPU several
+    times faster than oneDNN's pooling on few-channel channels-last maps (SLIME benchmark:
+    0.11 vs 0.78 ms for the (32, 4, 94, 64) maps of the synth f's first block)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        T, M = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+        x = x[..., :T, :M]
+        x = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
+        return torch.maximum(x[..., 0::2], x[..., 1::2])
+
+
+def _is_plain_pool2(m: nn.Module) -> bool:
+    """A max-pool that ``StridedMaxPool2d`` computes exactly."""
+    def two(v: Any) -> bool:
+        return v == 2 or v == (2, 2)
+
+    return (type(m) is nn.MaxPool2d and two(m.kernel_size) and two(m.stride or m.kernel_size)
+            and m.padding in (0, (0, 0)) and m.dilation in (1, (1, 1)) and not m.ceil_mode
+            and not m.return_indices)
 
 
 def inference_copy(f: nn.Module) -> nn.Module:
-    """A copy of the frozen f for many forward passes: every ``Conv2d`` directly followed by a
-    ``BatchNorm2d`` inside an ``nn.Sequential`` is folded into one convolution (eval-mode BN is
-    affine, so the function is the same up to float rounding) and the weights are stored
+    """A copy of the frozen f for many forward passes, computing the same function up to float
+    rounding: every ``Conv2d`` directly followed by a ``BatchNorm2d`` inside an
+    ``nn.Sequential`` is folded into one convolution (eval-mode BN is affine), every 2 x 2
+    ``MaxPool2d`` module becomes ``StridedMaxPool2d`` (bit-equal), and the weights are stored
     channels-last (faster convolutions on CPU / oneDNN and on GPU). f itself is not touched;
     a network that cannot be copied is returned as is."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -151,7 +175,10 @@ def inference_copy(f: nn.Module) -> nn.Module:
         return f
 
     def fold(module: nn.Module) -> None:
-        for child in module.children():
+        for name, child in module.named_children():
+            if _is_plain_pool2(child):
+                setattr(module, name, StridedMaxPool2d())
+                continue
             if isinstance(child, nn.Sequential):
                 for i in range(len(child) - 1):
                     a, b = child[i], child[i + 1]

@@ -47,12 +47,31 @@ def test_inference_copy_is_the_same_function_and_leaves_f_alone():
     before = {k: v.clone() for k, v in f.state_dict().items()}
     fast = slime.inference_copy(f)
     n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert isinstance(fast.pool, slime.StridedMaxPool2d) and type(f.pool) is torch.nn.MaxPool2d
     assert n_bn == 0 and sum(isinstance(m, torch.nn.BatchNorm2d) for m in f.modules()) > 0
     x = torch.randn(6, 1, 64, 64) * 10 - 30
     with torch.inference_mode():
         torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), f(x),
                                    atol=1e-4, rtol=1e-4)
     assert all(torch.equal(before[k], v) for k, v in f.state_dict().items())
+
+
+def test_strided_max_pool_equals_max_pool2d_bit_for_bit():
+    g = torch.Generator().manual_seed(3)
+    pool = slime.StridedMaxPool2d()
+    for shape in ((3, 4, 94, 64), (2, 5, 47, 33), (1, 1, 3, 2), (2, 8, 11, 7)):
+        x = torch.randn(*shape, generator=g)
+        x[0, 0, 0, 0] = float("nan")  # NaN propagates as in max_pool2d
+        for xx in (x, x.contiguous(memory_format=torch.channels_last)):
+            ref = torch.nn.functional.max_pool2d(xx, 2)
+            got = pool(xx)
+            assert got.shape == ref.shape
+            assert torch.equal(torch.nan_to_num(got, 7.0), torch.nan_to_num(ref, 7.0))
+            assert torch.isnan(got).sum() == torch.isnan(ref).sum()
+    assert slime._is_plain_pool2(torch.nn.MaxPool2d(2))
+    for other in (torch.nn.MaxPool2d(3), torch.nn.MaxPool2d(2, 1), torch.nn.MaxPool2d(2, padding=1),
+                  torch.nn.MaxPool2d(2, ceil_mode=True), torch.nn.AvgPool2d(2)):
+        assert not slime._is_plain_pool2(other)
 
 
 def test_concurrent_chunks_are_bit_identical_and_leave_the_cell_hash():
@@ -86,6 +105,15 @@ def test_concurrent_chunks_are_bit_identical_and_leave_the_cell_hash():
     # results come back in input order, and an error in a chunk surfaces
     assert map_chunks(lambda i: i * i, list(range(9)), 4) == [i * i for i in range(9)]
     assert map_chunks(lambda i: torch.is_inference_mode_enabled(), [0, 1], 2) == [True, True]
+    # every call runs on one intra-op thread; the caller's count is restored
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for workers in (1, 2):
+            assert map_chunks(lambda i: torch.get_num_threads(), [0, 1, 2], workers) == [1, 1, 1]
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
     with pytest.raises(ZeroDivisionError):  # not swallowed by the pool
         map_chunks(lambda i: 1 // (i - 3), list(range(6)), 2)
 
