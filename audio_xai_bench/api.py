@@ -439,33 +439,6 @@ class Explainer:
                        cls.setting_rules)
 
 
-def coerce_like(reference: Any, value: Any) -> Any:
-    """Parse a ``--set`` string to the type of the default it replaces."""
-    if not isinstance(value, str):
-        return value
-    if isinstance(reference, bool):
-        if value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"expected a boolean, got {value!r}")
-    if isinstance(reference, int):
-        return int(value)
-    if isinstance(reference, float):
-        return float(value)
-    if isinstance(reference, (list, tuple)):
-        parts = [p for p in value.split(",") if p]
-        item = reference[0] if reference else ""
-        return type(reference)(coerce_like(item, p) for p in parts)
-    if reference is None:
-        for cast in (int, float):
-            try:
-                return cast(value)
-            except ValueError:
-                pass
-    return value
-
-
 @dataclass
 class MetricInfo:
     """Documentation of a metric name written to ``metrics.json``."""

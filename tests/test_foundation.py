@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from audio_xai_bench.api import (Explainer, FactorExplanation, FrontendConfig,
-                                 SegmentExplanation, coerce_like, normalise_relevance)
+                                 SegmentExplanation, normalise_relevance)
 from audio_xai_bench.audio import AudioError, Frontend, check_waveform, fix_length, load_audio
 from audio_xai_bench.registry import METHODS, TASKS, Registry
 
@@ -85,7 +85,10 @@ def test_resolve_config_layers_and_rejects_unknown_keys():
     assert cls.resolve_config(task, "small", {})["K"] == cls.small_profile["K"]
     with pytest.raises(KeyError, match="valid keys"):
         cls.resolve_config(task, "default", {"nope": "1"})
-    assert coerce_like(True, "false") is False and coerce_like((1,), "1,2") == (1, 2)
+    from audio_xai_bench.settings import parse_value  # the one --set parser
+
+    assert parse_value("l2i", "b", True, "false") is False
+    assert parse_value("l2i", "t", (1,), "1,2") == (1, 2)
 
 
 def test_factor_explanation_is_a_soft_mask_decomposition():
