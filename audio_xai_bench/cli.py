@@ -582,15 +582,10 @@ class _Tee:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from . import allocator, progress
+    from . import progress
 
     args = build_parser().parse_args(argv)
     progress.QUIET = bool(args.quiet)
-    try:  # heap policy for loops of forward passes (allocator.py; AXB_MALLOC_TOP_PAD=0: off)
-        allocator.keep_heap_pad(allocator.requested_pad())
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     tee = None
     if args.log_file:
         tee = _Tee(sys.stdout, args.log_file)

@@ -261,14 +261,6 @@ def _timed(fn: Callable, cell: Cell, common: Common, log: str) -> tuple[bool, An
         return False, f"{type(exc).__name__}: {exc}", time.time() - t0
 
 
-def _worker_init() -> None:
-    """A spawned worker takes the command line's heap policy (``allocator.py``)."""
-    from . import allocator
-
-    with contextlib.suppress(ValueError):  # a bad value was reported by the parent already
-        allocator.keep_heap_pad(allocator.requested_pad())
-
-
 @contextlib.contextmanager
 def _pool(workers: int):
     """One process pool per sweep (the dependency stage and the cells reuse its workers)."""
@@ -278,8 +270,7 @@ def _pool(workers: int):
         yield workers
         return
     ctx = mp.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                             initializer=_worker_init) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         yield pool
 
 

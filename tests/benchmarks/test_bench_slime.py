@@ -24,8 +24,6 @@ perturbation samples per clip, explaining one class per clip.
 - ours before issue 14: the previous path, kept here as the reference for the before/after
   ratio (perturbed magnitude -> ``logmel_of_masked``, the plain f, chunks of 256).
 
-Both run in one process with the command line's heap policy (``audio_xai_bench/allocator.py``:
-glibc keeps 16 MB free at the top of each heap; ``AXB_MALLOC_TOP_PAD=0`` runs without it).
 Timings are the min over ROUNDS of each, measured interleaved in one run (the machine is
 shared); the printed ratios are lime time / our time, with their range over the rounds
 (round i of lime against round i of ours).
@@ -39,7 +37,6 @@ import pytest
 import torch
 from _timing import best_of
 
-from audio_xai_bench import allocator
 from audio_xai_bench.api import Batch, FrontendConfig
 from audio_xai_bench.audio import Frontend
 from audio_xai_bench.classifier import KumarCNN, probabilities
@@ -63,8 +60,6 @@ class _Data:
 def setup():
     if THREADS > 0:
         torch.set_num_threads(THREADS)
-    # the process's heap policy, as the command line sets it (AXB_MALLOC_TOP_PAD=0: without)
-    allocator.keep_heap_pad(allocator.requested_pad())
     cfg = FrontendConfig(sample_rate=16000, n_fft=1024, hop_length=512, n_mels=64,
                          clip_seconds=3.0)
     fe = Frontend(cfg)
@@ -150,10 +145,8 @@ def test_bench_slime_vs_lime(benchmark, setup):
             times[k].append(best_of(fn, 1))
     benchmark.pedantic(lambda: _ours(ex, batch, classes), rounds=1, iterations=1)
     t = {k: min(v) for k, v in times.items()}
-    pad = allocator.requested_pad()
     print(f"\nSLIME benchmark: {CLIPS} clips x {N} samples, K = 20, torch threads "
-          f"{torch.get_num_threads()}, heap pad {(pad or 0) >> 20} MB, {ROUNDS} interleaved "
-          f"rounds (min; ratio range over rounds)")
+          f"{torch.get_num_threads()}, {ROUNDS} interleaved rounds (min; ratio range over rounds)")
     for k, label in (("lime10", "lime path (classifier_fn batch 10)"),
                      ("limeN", f"lime path (classifier_fn batch {N})"),
                      ("before", "ours before (magnitude masks, chunk 256)"),
