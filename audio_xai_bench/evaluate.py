@@ -36,6 +36,7 @@ from .metrics.base import PairContext, PairFamily
 from .metrics import fidelity as fid
 from .metrics import groundtruth as gt
 from .metrics import lmac as lmm
+from .fastforward import foldable, inference_copy
 from .model import classifier_input
 from .train import BatchLoader
 
@@ -142,6 +143,7 @@ class Scorer:
                  config: EvalConfig | None = None, families: list[PairFamily] | None = None
                  ) -> None:
         self.ex, self.f, self.data = explainer, classifier.eval(), data
+        self._f_fast: torch.nn.Module | None = None
         self.cfg = config or EvalConfig()
         self.kind = data.task.kind
         self.loader = BatchLoader(data.test, data.frontend, self.cfg.batch_size,
@@ -169,11 +171,23 @@ class Scorer:
     def explains_own_model(self) -> bool:
         return not self.ex.posthoc and "predict" in self.caps
 
+    @property
+    def f_fast(self) -> torch.nn.Module:
+        """The inference copy of f (``fastforward.inference_copy``: BN folded, strided pools,
+        channels-last; the same function up to float rounding), made once, on first use. Every
+        forward pass of the scorer, f(x) and f(x₂) alike, goes through it, so FF's difference
+        compares one function with itself; a network with nothing to fold (``foldable``) or
+        that cannot be copied is used as it is."""
+        if self._f_fast is None:
+            self._f_fast = inference_copy(self.f) if foldable(self.f) else self.f
+        return self._f_fast
+
     def _f_probs(self, x: Tensor) -> Tensor:
         """f's probabilities on its own input ``x`` (``ExplainedModel.probs``; a bare log-mel
         network gets the task's softmax / sigmoid)."""
-        own = getattr(self.f, "probs", None)
-        return own(x) if callable(own) else probabilities(self.f(x), self.kind)
+        f = self.f_fast
+        own = getattr(f, "probs", None)
+        return own(x) if callable(own) else probabilities(f(x), self.kind)
 
     def _f_probs_batch(self, batch: Batch) -> Tensor:
         return self._f_probs(classifier_input(self.f, batch))

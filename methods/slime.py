@@ -28,7 +28,7 @@ perturbed mel spectrum exactly as the front-end does (``Frontend.logmel_from_mag
 perturbed log-mel equals ``logmel_of_masked`` up to float summation order (tested). f's outputs
 on the N perturbed inputs are computed in inference mode, ``chunk`` inputs per forward pass
 (32 by default: on CPU a (chunk, C, T, M) activation that fits in cache beats a larger batch),
-with an inference copy of f (``inference_copy``: BatchNorm folded into the preceding
+with an inference copy of f (``fastforward.inference_copy``, shared with the scorer: BatchNorm folded into the preceding
 convolution, 2 x 2 max-pools as strided maxima, channels-last memory layout), which computes
 the same function up to float rounding; on CPU ``workers`` chunks run at once, each on one
 intra-op thread (``parallel.map_chunks``), so the numbers do not depend on ``workers``. The perturbations of one clip are shared by all classes explained for it, and the
@@ -41,7 +41,6 @@ see the task's method defaults).
 """
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, ClassVar
 
@@ -50,6 +49,8 @@ from torch import Tensor, nn
 
 from audio_xai_bench.api import (Batch, Explainer, SegmentExplanation, TaskData,
                                  normalise_relevance)
+from audio_xai_bench.fastforward import (StridedMaxPool2d, _is_plain_pool2,  # noqa: F401
+                                         inference_copy)
 from audio_xai_bench.parallel import default_workers, map_chunks
 
 from ._regions import RegionGrid, RegionMethod, RelevanceMemo, magnitude_forward, reads_logmel
@@ -135,64 +136,6 @@ def perturbed_logmel(frontend, P: Tensor, z: Tensor, grid: RegionGrid,
     db = torch.cat(parts, dim=1).clamp_min_(1e-10).log10_().mul_(10.0)  # in place: one buffer
     top = db.amax(dim=(1, 2), keepdim=True)
     return db.clamp_min_(top - frontend.config.top_db).unsqueeze(1)
-
-
-class StridedMaxPool2d(nn.Module):
-    """``nn.MaxPool2d(2)`` (kernel = stride = 2, no padding, floor mode) as two elementwise
-    maxima of strided views: the same values bit for bit (a max is exact), and on CPU several
-    times faster than oneDNN's pooling on few-channel channels-last maps (SLIME benchmark:
-    0.11 vs 0.78 ms for the (32, 4, 94, 64) maps of the synth f's first block)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        T, M = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-        x = x[..., :T, :M]
-        x = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
-        return torch.maximum(x[..., 0::2], x[..., 1::2])
-
-
-def _is_plain_pool2(m: nn.Module) -> bool:
-    """A max-pool that ``StridedMaxPool2d`` computes exactly."""
-    def two(v: Any) -> bool:
-        return v == 2 or v == (2, 2)
-
-    return (type(m) is nn.MaxPool2d and two(m.kernel_size) and two(m.stride or m.kernel_size)
-            and m.padding in (0, (0, 0)) and m.dilation in (1, (1, 1)) and not m.ceil_mode
-            and not m.return_indices)
-
-
-def inference_copy(f: nn.Module) -> nn.Module:
-    """A copy of the frozen f for many forward passes, computing the same function up to float
-    rounding: every ``Conv2d`` directly followed by a ``BatchNorm2d`` inside an
-    ``nn.Sequential`` is folded into one convolution (eval-mode BN is affine), every 2 x 2
-    ``MaxPool2d`` module becomes ``StridedMaxPool2d`` (bit-equal), and the weights are stored
-    channels-last (faster convolutions on CPU / oneDNN and on GPU). f itself is not touched;
-    a network that cannot be copied is returned as is."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    try:
-        g = copy.deepcopy(f).eval()
-    except Exception:  # noqa: BLE001 - an uncopyable user network: use it unchanged
-        return f
-
-    def fold(module: nn.Module) -> None:
-        for name, child in module.named_children():
-            if _is_plain_pool2(child):
-                setattr(module, name, StridedMaxPool2d())
-                continue
-            if isinstance(child, nn.Sequential):
-                for i in range(len(child) - 1):
-                    a, b = child[i], child[i + 1]
-                    if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d) \
-                            and b.track_running_stats and b.running_mean is not None:
-                        child[i] = fuse_conv_bn_eval(a, b)
-                        child[i + 1] = nn.Identity()
-            fold(child)
-
-    with torch.no_grad():
-        fold(g)
-    for p in g.parameters():
-        p.requires_grad_(False)
-    return g.to(memory_format=torch.channels_last)
 
 
 class SLIME(RegionMethod, Explainer):

@@ -143,3 +143,44 @@ def test_pair_batch_from_the_command_line_is_an_integer():
     c = resolve_eval_config({"pair_batch": "4"}, 0)
     assert c.pair_batch == 4 and isinstance(c.pair_batch, int)
     assert isinstance(c.identity()["pair_batch"], int)
+
+
+def test_scorer_uses_an_inference_copy_of_f_with_the_same_values(setting):
+    """Every forward pass of the scorer goes through ``fastforward.inference_copy`` of a
+    foldable f (BN folded, strided pools): f itself is untouched and every pairs column and
+    metric equals the plain f's up to float rounding. A network with nothing to fold (the
+    projection f above) is used as it is."""
+    from audio_xai_bench.classifier import KumarCNN
+    from audio_xai_bench.fastforward import StridedMaxPool2d, foldable
+
+    data, f_proj = setting
+    assert not foldable(f_proj)
+    ex = _Grid({})
+    ex.fit(data, f_proj)
+    assert Scorer(ex, f_proj, data, EvalConfig(listen=0)).f_fast is f_proj
+    torch.manual_seed(0)
+    f = KumarCNN(data.task.num_classes, width=0.125, head_mid=32).eval()
+    for m in f.modules():  # non-trivial BN statistics, so that folding changes the weights
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    before = {k: v.clone() for k, v in f.state_dict().items()}
+    assert foldable(f)
+    cfg = EvalConfig(listen=0, taus=(0.9, 0.5), budgets=(0.1, 0.3), threshold=0.3)
+    fast = Scorer(ex, f, data, cfg)
+    assert fast.f_fast is not f and isinstance(fast.f_fast.pool, StridedMaxPool2d)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.f_fast.modules())
+    plain = Scorer(ex, f, data, cfg)
+    plain._f_fast = f  # the scorer as it was: every pass through f itself
+    a, b = fast.run(), plain.run()
+    assert len(a.pairs) > len(data.test)  # multilabel pairs were scored
+    assert list(a.pairs["id"]) == list(b.pairs["id"])
+    num = [c for c in a.pairs.columns if c not in ("id", "class")]
+    diff = np.abs(a.pairs[num].to_numpy(float) - b.pairs[num].to_numpy(float))
+    assert np.nanmax(diff) < 1e-4  # probabilities differ by float rounding (~1e-5 here)
+    assert np.array_equal(np.isnan(a.pairs[num].to_numpy(float)),
+                          np.isnan(b.pairs[num].to_numpy(float)))
+    for k, v in b.metrics.items():  # a rank test's p moves a little where FF is ~0 (ties)
+        tol = 0.01 if "_p" in k else 1e-4
+        assert a.metrics[k] == pytest.approx(v, rel=1e-3, abs=tol, nan_ok=True), k
+    assert all(torch.equal(before[k], v) for k, v in f.state_dict().items())
