@@ -164,11 +164,12 @@ def make_sonyc(root: str, *, seconds: float = 10.0, seed: int = 0,
 
 
 def make_openmic(root: str, *, n_train: int = 16, n_test: int = 6, seconds: float = 10.0,
-                 seed: int = 0, partition_names: str = "csv") -> str:
+                 seed: int = 0, partition_names: str = "csv", key_dtype: str = "unicode") -> str:
     """OpenMIC-2018 layout: openmic-2018.npz (X, Y_true, Y_mask, sample_key), class-map.json,
     partitions/split01_{train,test}.csv (or train01.txt / test01.txt with
     ``partition_names='txt'``), audio/<key[:3]>/<key>.ogg (Ogg Vorbis 44.1 kHz; every other
-    clip stereo). Each clip has 1-2 present instruments (Y_true 0.9, annotated), two annotated
+    clip stereo). ``key_dtype='object'`` stores sample_key as an object array, as the official
+    scripts/helper_numpy.py does (``np.unique`` of a pandas column), which numpy pickles. Each clip has 1-2 present instruments (Y_true 0.9, annotated), two annotated
     absent ones (Y_true 0.1) and the rest unannotated (Y_true 0.5, mask False); clip 0 has an
     annotated Y_true of exactly 0.5 (a positive under the >= 0.5 rule)."""
     rng = np.random.default_rng(seed)
@@ -191,7 +192,7 @@ def make_openmic(root: str, *, n_train: int = 16, n_test: int = 6, seconds: floa
     Y_true[0, spare], Y_mask[0, spare] = 0.5, True
     X = rng.integers(0, 256, size=(n, 10, 128)).astype(np.uint8)
     np.savez(os.path.join(root, "openmic-2018.npz"), X=X, Y_true=Y_true, Y_mask=Y_mask,
-             sample_key=np.asarray(keys))
+             sample_key=np.asarray(keys, dtype=object if key_dtype == "object" else None))
     with open(os.path.join(root, "class-map.json"), "w") as fh:
         json.dump({c: i for i, c in enumerate(OPENMIC_CLASSES)}, fh)
     os.makedirs(os.path.join(root, "partitions"), exist_ok=True)

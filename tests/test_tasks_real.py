@@ -233,6 +233,71 @@ def test_openmic_mask_threshold_and_split(roots, tmp_path):
     assert len(g.train) + len(g.valid) == 4 and len(g.test) == 2
 
 
+def _replace_npz_member(path: str, name: str, payload: bytes) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    members[name] = payload
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, b in members.items():
+            zf.writestr(n, b)
+
+
+def _object_npy(arr: np.ndarray, pickled: bytes) -> bytes:
+    """A version 1.0 .npy file of an object array with the given pickle stream."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(arr))
+    return buf.getvalue() + pickled
+
+
+def test_openmic_object_sample_key(tmp_path, monkeypatch):
+    """The official npz holds sample_key as an object array (scripts/helper_numpy.py takes
+    np.unique of a pandas column; numpy pickles it): it is read without allow_pickle=True
+    (only numpy's array reconstruction is unpickled), and X is never decoded."""
+    import pickle
+
+    root = make_openmic(str(tmp_path / "om"), n_train=4, n_test=2, seconds=1.0,
+                        key_dtype="object")
+    path = os.path.join(root, "openmic-2018.npz")
+    keys = np.load(path, allow_pickle=True)["sample_key"]
+    assert keys.dtype == object
+    read = []
+    orig = np.lib.npyio.NpzFile.__getitem__
+
+    def spy(self, key):
+        read.append(key)
+        return orig(self, key)
+
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", spy)
+    task = OpenMICTask(root)
+    f = task.folds("0")[0]
+    assert "X" not in read and "sample_key" in read
+    assert task.load()["keys"] == [str(k) for k in keys]
+    assert all(isinstance(k, str) for k in task.load()["keys"])
+    assert {e.id for e in f.test} | {e.id for e in f.train + f.valid} == set(map(str, keys))
+    assert all(os.path.isfile(e.path) for e in f.test)
+    # as written by numpy 1.x (the 2018 file): protocol 2, numpy.core.multiarray._reconstruct
+    legacy = pickle.dumps(keys, protocol=2).replace(b"numpy._core.multiarray",
+                                                    b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray" in legacy
+    _replace_npz_member(path, "sample_key.npy", _object_npy(keys, legacy))
+    assert OpenMICTask(root).load()["keys"] == [str(k) for k in keys]
+    # anything but an array of strings in that pickle is refused, never executed
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    _replace_npz_member(path, "sample_key.npy", _object_npy(keys, pickle.dumps(Evil())))
+    with pytest.raises(DatasetLayoutError, match="sample_key"):
+        OpenMICTask(root).folds("0")
+    assert not marker.exists()
+
+
 # --------------------------------------------------------------------------------------------
 # dictionary recipes (paper IV-B3), on small random spectrograms
 # --------------------------------------------------------------------------------------------
