@@ -127,6 +127,22 @@ def test_esc10_reindexes_targets(tmp_path, roots):
     assert {int(e.id.split("-")[-1]): int(np.argmax(e.target)) for e in f.test} == {2: 0, 4: 1}
 
 
+def test_esc50_root_above_archive_folder(roots):
+    """The GitHub archive unpacks to ESC-50-master/: a data root pointing at the folder that
+    holds it reads the same clips, labels and folds."""
+    inner = roots["esc"]
+    assert os.path.basename(inner) == "ESC-50-master"
+    parent = os.path.dirname(inner)
+    assert not os.path.exists(os.path.join(parent, "meta"))
+    for cls in (ESC50Task, ESC10Task):
+        a, b = cls(inner, seed=2).folds("3")[0], cls(parent, seed=2).folds("3")[0]
+        for sa, sb in ((a.train, b.train), (a.valid, b.valid), (a.test, b.test)):
+            assert [(e.id, e.path) for e in sa] == [(e.id, e.path) for e in sb]
+            assert all(np.array_equal(x.target, y.target) for x, y in zip(sa, sb))
+        assert cls(parent).classes == cls(inner).classes
+    assert validate_layout(ESC50Task(parent)) == []
+
+
 # --------------------------------------------------------------------------------------------
 # SONYC-UST labels
 # --------------------------------------------------------------------------------------------
