@@ -164,14 +164,16 @@ def make_sonyc(root: str, *, seconds: float = 10.0, seed: int = 0,
 
 
 def make_openmic(root: str, *, n_train: int = 16, n_test: int = 6, seconds: float = 10.0,
-                 seed: int = 0, partition_names: str = "csv", key_dtype: str = "unicode") -> str:
+                 seed: int = 0, partition_names: str = "csv",
+                 key_dtype: str = "unicode") -> str:
     """OpenMIC-2018 layout: openmic-2018.npz (X, Y_true, Y_mask, sample_key), class-map.json,
     partitions/split01_{train,test}.csv (or train01.txt / test01.txt with
     ``partition_names='txt'``), audio/<key[:3]>/<key>.ogg (Ogg Vorbis 44.1 kHz; every other
     clip stereo). ``key_dtype='object'`` stores sample_key as an object array, as the official
-    scripts/helper_numpy.py does (``np.unique`` of a pandas column), which numpy pickles. Each clip has 1-2 present instruments (Y_true 0.9, annotated), two annotated
-    absent ones (Y_true 0.1) and the rest unannotated (Y_true 0.5, mask False); clip 0 has an
-    annotated Y_true of exactly 0.5 (a positive under the >= 0.5 rule)."""
+    scripts/helper_numpy.py does (``np.unique`` of a pandas column), which numpy pickles.
+    Each clip has 1-2 present instruments (Y_true 0.9, annotated), two annotated absent ones
+    (Y_true 0.1) and the rest unannotated (Y_true 0.5, mask False); clip 0 has an annotated
+    Y_true of exactly 0.5 (a positive under the >= 0.5 rule)."""
     rng = np.random.default_rng(seed)
     n = n_train + n_test
     C = len(OPENMIC_CLASSES)
