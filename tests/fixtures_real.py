@@ -95,10 +95,13 @@ def make_esc50(root: str, *, n_classes: int = 5, seconds: float = 5.0, seed: int
 
 
 def make_sonyc(root: str, *, seconds: float = 10.0, seed: int = 0,
-               n_files: dict[str, int] | None = None) -> str:
+               n_files: dict[str, int] | None = None, shards: int = 0,
+               shard_inner: str = "") -> str:
     """SONYC-UST v2.3 layout: annotations.csv with every official column (12 metadata, 29 fine
     presence, 29 proximity, 8 coarse) and several annotator rows per recording, the taxonomy
     YAML, audio/<sensor>_<id>.wav (10 s; every third file at 48 kHz to exercise resampling).
+    ``shards=n`` writes file k to audio-<k % n>/<shard_inner>/ instead, as when each of the
+    v2.3 archives audio-0.tar.gz ... audio-18.tar.gz is unpacked into its own folder.
 
     train: 3 volunteers each (one marks every true class, the others a subset), a few with a
     SONYC-team row (-1 outside its group) and one verified row; validate: volunteers, plus a
@@ -110,7 +113,8 @@ def make_sonyc(root: str, *, seconds: float = 10.0, seed: int = 0,
     n_files = n_files or {"train": 12, "validate": 6, "test": 6}
     fine_p, fine_x, coarse = sonyc_fine_columns()
     offsets = {c: sum(len(SONYC_FINE[d][1]) for d in range(1, c)) for c in SONYC_FINE}
-    os.makedirs(os.path.join(root, "audio"), exist_ok=True)
+    if not shards:
+        os.makedirs(os.path.join(root, "audio"), exist_ok=True)
     rows = []
     k = 0
     for split, n in n_files.items():
@@ -120,7 +124,10 @@ def make_sonyc(root: str, *, seconds: float = 10.0, seed: int = 0,
             sensor = 10 + (k % 4)
             fname = f"{sensor:02d}_{1000 + k:06d}.wav"
             sr = 48000 if k % 3 == 2 else 44100
-            sf.write(os.path.join(root, "audio", fname),
+            folder = (os.path.join(root, f"audio-{k % shards}", shard_inner) if shards
+                      else os.path.join(root, "audio"))
+            os.makedirs(folder, exist_ok=True)
+            sf.write(os.path.join(folder, fname),
                      _tone_clip([200.0 * (c + 1) + 50 for c in labels], sr, seconds, rng), sr,
                      subtype="PCM_16")
 

@@ -219,6 +219,63 @@ def test_sonyc_taxonomy_checked(roots, tmp_path):
     assert len(SonycUSTTask(root).folds("0")[0].train) == 12
 
 
+@pytest.mark.parametrize("inner", ["", "audio"])
+def test_sonyc_audio_in_shard_folders(roots, tmp_path, monkeypatch, inner):
+    """v2.3 ships audio-0.tar.gz ... audio-18.tar.gz: each unpacked into its own audio-<n>/
+    folder (with or without an inner audio/ folder) gives the same clips and labels, read
+    from where they are, with one directory scan per folder (not a stat per clip)."""
+    root = make_sonyc(str(tmp_path / "son"), seconds=5.0, shards=3, shard_inner=inner)
+    open(os.path.join(root, "audio-0.tar.gz"), "wb").close()  # archives kept beside: ignored
+    scans = []
+    real_scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda p=".": scans.append(os.fspath(p)) or real_scandir(p))
+    stats = []
+    real_isfile = os.path.isfile
+    monkeypatch.setattr(os.path, "isfile", lambda p: stats.append(p) or real_isfile(p))
+    task = SonycUSTTask(root)
+    f = task.folds("0")[0]
+    monkeypatch.undo()
+    assert len(scans) == 1 + 1 + 3 + 3  # root, audio/, audio-*/, audio-*/audio/
+    assert not [p for p in stats if p.endswith(".wav")]
+    ref = SonycUSTTask(roots["sonyc"]).folds("0")[0]
+    for a, b in zip(ref.train + ref.valid + ref.test, f.train + f.valid + f.test):
+        assert a.id == b.id and np.array_equal(a.target, b.target)
+        k = int(a.id.split("_")[1]) - 1000
+        assert b.path == os.path.join(root, f"audio-{k % 3}", inner, a.id + ".wav")
+    assert validate_layout(task) == []
+    assert prepare(task, cache_dir=str(tmp_path / "cache"))["unique_clips"] == 23
+
+
+def test_sonyc_audio_search_order_and_missing(tmp_path):
+    """audio/<name> first, else audio-*/<name>, else audio-*/audio/<name>; a file found
+    nowhere keeps the audio/<name> path and the error names the folders searched."""
+    root = make_sonyc(str(tmp_path / "son"), seconds=5.0, shards=2, shard_inner="audio",
+                      n_files={"train": 4, "validate": 2, "test": 2})
+    # 10_001000 is in audio-0/audio/: copies in audio-1/ and audio/ win in that order
+    src = os.path.join(root, "audio-0", "audio", "10_001000.wav")
+    shutil.copy(src, os.path.join(root, "audio-1", "10_001000.wav"))
+    assert SonycUSTTask(root).folds("0")[0].train[0].path == os.path.join(
+        root, "audio-1", "10_001000.wav")
+    os.makedirs(os.path.join(root, "audio"))
+    shutil.copy(src, os.path.join(root, "audio", "10_001000.wav"))
+    assert SonycUSTTask(root).folds("0")[0].train[0].path == os.path.join(
+        root, "audio", "10_001000.wav")
+    gone = os.path.join(root, "audio-1", "audio", "11_001001.wav")
+    os.remove(gone)
+    task = SonycUSTTask(root)
+    victim = task.folds("0")[0].train[1]
+    assert victim.path == os.path.join(root, "audio", "11_001001.wav")
+    problems = validate_layout(task)
+    assert len(problems) == 1 and "11_001001.wav" in problems[0]
+    assert f"under {root}: " + ", ".join(d + os.sep for d in (
+        "audio", "audio-0", "audio-1", os.path.join("audio-0", "audio"),
+        os.path.join("audio-1", "audio"))) in problems[0]
+    with pytest.raises(PrepareError, match="11_001001.wav"):
+        prepare(task, cache_dir=str(tmp_path / "cache"))
+    summary = prepare(task, on_bad_file="skip", cache_dir=str(tmp_path / "cache"))
+    assert summary["missing_files"] == [victim.path] and summary["unique_clips"] == 6
+
+
 # --------------------------------------------------------------------------------------------
 # OpenMIC
 # --------------------------------------------------------------------------------------------
