@@ -10,6 +10,10 @@ Layout::
                                     test01.txt are accepted too)
       audio/<key[:3]>/<key>.ogg     10 s, 44.1 kHz (stereo clips are down-mixed)
 
+The Zenodo archive openmic-2018-v1.0.0.tgz unpacks to ``openmic-2018/``; a data root that
+holds that folder (and no ``openmic-2018.npz`` of its own) is read from
+``<data_root>/openmic-2018``.
+
 ``sample_key`` may be an object array, which numpy pickles: the official
 scripts/helper_numpy.py builds it with ``np.unique`` of a pandas column (third-party code loads
 the file with ``allow_pickle=True``). It is read without ``allow_pickle=True``, by an
@@ -57,7 +61,11 @@ LAYOUT = """  <data_root>/
     class-map.json                 (instrument name -> column index)
     partitions/split01_train.csv   (one sample key per line; or partitions/train01.txt)
     partitions/split01_test.csv    (or partitions/test01.txt)
-    audio/<key[:3]>/<key>.ogg"""
+    audio/<key[:3]>/<key>.ogg
+  (or <data_root>/openmic-2018/ holding them, as openmic-2018-v1.0.0.tgz unpacks)"""
+
+ARCHIVE_FOLDER = "openmic-2018"  # the top folder of the Zenodo archive
+NPZ = "openmic-2018.npz"
 
 TRAIN_FILES = ("partitions/split01_train.csv", "partitions/train01.txt")
 TEST_FILES = ("partitions/split01_test.csv", "partitions/test01.txt")
@@ -132,7 +140,12 @@ class OpenMICTask(Task):
         self._data = None
 
     def _root(self) -> str:
-        return L.require_root(self.name, self.data_root, LAYOUT)
+        root = L.require_root(self.name, self.data_root, LAYOUT)
+        inner = os.path.join(root, ARCHIVE_FOLDER)
+        if not os.path.isfile(os.path.join(root, NPZ)) and os.path.isfile(
+                os.path.join(inner, NPZ)):
+            return inner  # data root = the folder the Zenodo archive was unpacked in
+        return root
 
     def _read_keys(self, path: str) -> list[str]:
         with open(path) as fh:
@@ -144,7 +157,7 @@ class OpenMICTask(Task):
         if self._data is not None:
             return self._data
         root = self._root()
-        npz_path = L.require_file(self.name, root, "openmic-2018.npz", LAYOUT)
+        npz_path = L.require_file(self.name, root, NPZ, LAYOUT)
         cmap_path = L.require_file(self.name, root, "class-map.json", LAYOUT)
         train_path = L.require_file(self.name, root, TRAIN_FILES, LAYOUT)
         test_path = L.require_file(self.name, root, TEST_FILES, LAYOUT)

@@ -306,6 +306,24 @@ def test_openmic_mask_threshold_and_split(roots, tmp_path):
     assert len(g.train) + len(g.valid) == 4 and len(g.test) == 2
 
 
+def test_openmic_root_above_archive_folder(roots, tmp_path):
+    """openmic-2018-v1.0.0.tgz unpacks to openmic-2018/: a data root pointing at the folder
+    that holds it reads the same clips, labels and split."""
+    inner = roots["om"]
+    assert os.path.basename(inner) == "openmic-2018"
+    parent = os.path.dirname(inner)
+    assert not os.path.exists(os.path.join(parent, "openmic-2018.npz"))
+    a, b = OpenMICTask(inner, seed=3).folds("0")[0], OpenMICTask(parent, seed=3).folds("0")[0]
+    for sa, sb in ((a.train, b.train), (a.valid, b.valid), (a.test, b.test)):
+        assert [(e.id, e.path) for e in sa] == [(e.id, e.path) for e in sb]
+        assert all(np.array_equal(x.target, y.target) and np.array_equal(x.mask, y.mask)
+                   for x, y in zip(sa, sb))
+    assert OpenMICTask(parent).classes == OpenMICTask(inner).classes
+    assert validate_layout(OpenMICTask(parent)) == []
+    with pytest.raises(DatasetLayoutError, match="openmic-2018/ holding them"):
+        OpenMICTask(str(tmp_path)).folds("0")
+
+
 def _replace_npz_member(path: str, name: str, payload: bytes) -> None:
     import zipfile
 
