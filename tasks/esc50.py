@@ -4,6 +4,9 @@
       meta/esc50.csv     header: filename,fold,target,category,esc10,src_file,take
       audio/*.wav        2000 clips, 5 s, 44.1 kHz mono, named {fold}-{src_file}-{take}-{target}.wav
 
+The GitHub archive unpacks to ``ESC-50-master/``; a data root that holds that folder (and no
+``meta/esc50.csv`` of its own) is read from ``<data_root>/ESC-50-master``.
+
 Multiclass, five pre-arranged folds (all fragments of one source recording share a fold).
 Fold ``k`` (``"1"`` .. ``"5"``): test = the clips of official fold k; valid = a seeded, class-
 stratified ~1/8 of the clips of the other four folds (seed = the task seed, salted with k),
@@ -45,8 +48,11 @@ from . import _layout as L
 
 LAYOUT = """  <data_root>/
     meta/esc50.csv   (columns filename, fold, target, category, esc10, src_file, take)
-    audio/<filename> (one .wav per row: 5 s, 44.1 kHz, mono)"""
+    audio/<filename> (one .wav per row: 5 s, 44.1 kHz, mono)
+  (or <data_root>/ESC-50-master/ holding them, as the GitHub archive unpacks)"""
 
+ARCHIVE_FOLDER = "ESC-50-master"  # the top folder of the GitHub archive
+META = os.path.join("meta", "esc50.csv")
 COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
 FOLDS = ("1", "2", "3", "4", "5")
 
@@ -150,14 +156,19 @@ class ESC50Task(Task):
 
     # metadata ----------------------------------------------------------------------------
     def _root(self) -> str:
-        return L.require_root(self.name, self.data_root, LAYOUT)
+        root = L.require_root(self.name, self.data_root, LAYOUT)
+        inner = os.path.join(root, ARCHIVE_FOLDER)
+        if not os.path.isfile(os.path.join(root, META)) and os.path.isfile(
+                os.path.join(inner, META)):
+            return inner  # data root = the folder the GitHub archive was unpacked in
+        return root
 
     def metadata(self):
         """The rows of ``meta/esc50.csv`` this task uses, with a ``label`` (class index)."""
         if self._meta is not None:
             return self._meta
         root = self._root()
-        path = L.require_file(self.name, root, os.path.join("meta", "esc50.csv"), LAYOUT)
+        path = L.require_file(self.name, root, META, LAYOUT)
         df = L.read_csv(self.name, path, COLUMNS, dtype={"filename": str, "category": str})
         for col in ("fold", "target"):
             bad = ~df[col].astype(str).str.fullmatch(r"\d+")

@@ -3,12 +3,22 @@ Layout::
 
     <data_root>/
       openmic-2018.npz              Y_true (N, 20) float, Y_mask (N, 20) bool, sample_key (N,)
-                                    (X, the VGGish features, is not used)
+                                    (X, the VGGish features, is never read)
       class-map.json                {"accordion": 0, ..., "voice": 19}
       partitions/split01_train.csv  one sample key per line, no header
       partitions/split01_test.csv   (the repository README's partitions/train01.txt and
                                     test01.txt are accepted too)
       audio/<key[:3]>/<key>.ogg     10 s, 44.1 kHz (stereo clips are down-mixed)
+
+The Zenodo archive openmic-2018-v1.0.0.tgz unpacks to ``openmic-2018/``; a data root that
+holds that folder (and no ``openmic-2018.npz`` of its own) is read from
+``<data_root>/openmic-2018``.
+
+``sample_key`` may be an object array, which numpy pickles: the official
+scripts/helper_numpy.py builds it with ``np.unique`` of a pandas column (third-party code loads
+the file with ``allow_pickle=True``). It is read without ``allow_pickle=True``, by an
+unpickler that admits only numpy's array reconstruction (so a crafted file cannot run code);
+a unicode ``sample_key`` is read as it is.
 
 Multilabel, 20 instrument classes in class-map index order. target = (Y_true >= 0.5) where the
 label is annotated (Y_mask), and 0 where it is not (unannotated entries hold Y_true = 0.5 by
@@ -35,6 +45,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import zipfile
 from typing import Any, ClassVar
 
 import numpy as np
@@ -49,7 +61,11 @@ LAYOUT = """  <data_root>/
     class-map.json                 (instrument name -> column index)
     partitions/split01_train.csv   (one sample key per line; or partitions/train01.txt)
     partitions/split01_test.csv    (or partitions/test01.txt)
-    audio/<key[:3]>/<key>.ogg"""
+    audio/<key[:3]>/<key>.ogg
+  (or <data_root>/openmic-2018/ holding them, as openmic-2018-v1.0.0.tgz unpacks)"""
+
+ARCHIVE_FOLDER = "openmic-2018"  # the top folder of the Zenodo archive
+NPZ = "openmic-2018.npz"
 
 TRAIN_FILES = ("partitions/split01_train.csv", "partitions/train01.txt")
 TEST_FILES = ("partitions/split01_test.csv", "partitions/test01.txt")
@@ -61,6 +77,39 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     # Table III
     "l2i-bd": {"K": 300, "gamma": 1.0, "alpha": 3.0, "beta": 0.2, "epochs": 21},
 }
+
+
+# the globals a pickled object ndarray names (numpy 1.x and 2.x module paths; protocol 2
+# writes bytes as _codecs.encode(str, 'latin1')); nothing else is ever imported
+_ARRAY_PICKLE_GLOBALS = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+                         for n in ("_reconstruct", "scalar")} | {
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ARRAY_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_object_array(npz_path: str, name: str) -> np.ndarray:
+    """Member ``name`` of an npz that holds an object array, unpickled with only numpy's array
+    reconstruction allowed (``np.load`` needs ``allow_pickle=True``, which runs any code)."""
+    with zipfile.ZipFile(npz_path) as zf, zf.open(f"{name}.npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"{name}.npy has unsupported .npy format version {version}")
+        if dtype != np.dtype(object):
+            raise ValueError(f"{name}.npy holds dtype {dtype}, not an object array")
+        arr = _ArrayUnpickler(fh, encoding="ASCII").load()  # np.load's own defaults
+    if not isinstance(arr, np.ndarray) or arr.shape != tuple(shape):
+        raise ValueError(f"{name}.npy does not hold an array of shape {tuple(shape)}")
+    return arr
 
 
 def audio_path(root: str, key: str) -> str:
@@ -91,7 +140,12 @@ class OpenMICTask(Task):
         self._data = None
 
     def _root(self) -> str:
-        return L.require_root(self.name, self.data_root, LAYOUT)
+        root = L.require_root(self.name, self.data_root, LAYOUT)
+        inner = os.path.join(root, ARCHIVE_FOLDER)
+        if not os.path.isfile(os.path.join(root, NPZ)) and os.path.isfile(
+                os.path.join(inner, NPZ)):
+            return inner  # data root = the folder the Zenodo archive was unpacked in
+        return root
 
     def _read_keys(self, path: str) -> list[str]:
         with open(path) as fh:
@@ -103,7 +157,7 @@ class OpenMICTask(Task):
         if self._data is not None:
             return self._data
         root = self._root()
-        npz_path = L.require_file(self.name, root, "openmic-2018.npz", LAYOUT)
+        npz_path = L.require_file(self.name, root, NPZ, LAYOUT)
         cmap_path = L.require_file(self.name, root, "class-map.json", LAYOUT)
         train_path = L.require_file(self.name, root, TRAIN_FILES, LAYOUT)
         test_path = L.require_file(self.name, root, TEST_FILES, LAYOUT)
@@ -116,7 +170,16 @@ class OpenMICTask(Task):
                         f"{z.files}). {L.GETTING_DATA}")
                 Y_true = np.asarray(z["Y_true"], np.float32)
                 Y_mask = np.asarray(z["Y_mask"]).astype(bool)
-                keys = [str(k) for k in z["sample_key"]]
+                try:
+                    raw_keys = z["sample_key"]
+                except ValueError as exc:  # object array: numpy wants allow_pickle=True
+                    try:
+                        raw_keys = read_object_array(npz_path, "sample_key")
+                    except Exception as exc2:
+                        raise L.DatasetLayoutError(
+                            f"task {self.name!r}: cannot read sample_key of {npz_path}: "
+                            f"{exc}; as an object array: {exc2}") from exc2
+                keys = [str(k) for k in raw_keys]
         except L.DatasetLayoutError:
             raise
         except Exception as exc:

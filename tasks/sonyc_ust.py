@@ -5,6 +5,13 @@
       dcase-ust-taxonomy.yaml    optional; checked against the 8 coarse classes when present
       audio/<audio_filename>     10 s wav (the rate is read from each file; resampled to 44.1 kHz)
 
+v2.3 ships the audio as ``audio-0.tar.gz`` ... ``audio-18.tar.gz``: unpack them all into
+``audio/``, or each into its own ``audio-<n>/`` folder (with or without an inner ``audio/``
+folder). Each listed ``audio_filename`` is looked up in ``audio/`` first, else in any
+``audio-*/`` folder, else in any ``audio-*/audio/`` folder, from one listing of each folder.
+A file found in none keeps the path ``audio/<audio_filename>`` (reported as absent, naming
+the folders searched).
+
 Columns are addressed **by name**, as the official baselines do: ``split``, ``audio_filename``,
 ``annotator_id`` and the coarse ``<n>_<name>_presence`` columns in the official class order
 (engine, machinery-impact, non-machinery-impact, powered-saw, alert-signal, music, human-voice,
@@ -69,7 +76,8 @@ LAYOUT = """  <data_root>/
                               29 fine <c>-<f>_<name>_presence, 29 <c>-<f>_<name>_proximity,
                               8 coarse <c>_<name>_presence)
     dcase-ust-taxonomy.yaml  (optional)
-    audio/<audio_filename>   (10 s .wav, all in one folder)"""
+    audio/<audio_filename>   (10 s .wav, all in one folder; or each audio-<n>.tar.gz
+                              unpacked into its own audio-<n>/ or audio-<n>/audio/ folder)"""
 
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     # Table II; one attention shared by the classes, as in the authors' SONYC code.
@@ -179,36 +187,69 @@ class SonycUSTTask(Task):
             raise L.DatasetLayoutError(f"task {self.name!r}: {path} lists coarse classes "
                                        f"{names}; expected {CLASSES}")
 
+    def audio_index(self) -> tuple[dict[str, str], list[str]]:
+        """({file name: path} of the audio present, the folders searched), the first folder
+        holding a name winning: audio/, then audio-*/, then audio-*/audio/ (shards in
+        numeric order). One directory listing per folder (``folds`` and ``validate_layout``
+        each make one index)."""
+        root = self._root()
+        with os.scandir(root) as it:
+            shards = [e.name for e in it if e.name.startswith("audio-") and e.is_dir()]
+        shards.sort(key=lambda n: (not n[6:].isdigit(), int(n[6:]) if n[6:].isdigit() else 0, n))
+        folders = [os.path.join(root, d) for d in
+                   ["audio", *shards, *(os.path.join(s, "audio") for s in shards)]]
+        index: dict[str, str] = {}
+        for folder in folders:
+            try:
+                with os.scandir(folder) as it:
+                    for e in it:
+                        if e.name not in index and e.is_file():
+                            index[e.name] = os.path.join(folder, e.name)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+        return index, folders
+
+    def _audio_path(self, index: dict[str, str], name: str) -> str:
+        """Where ``name`` (an ``audio_filename``) is; ``audio/<name>`` when it is nowhere."""
+        return index.get(name) or os.path.join(self._root(), "audio", name)
+
     def validate_layout(self) -> list[str]:
         try:
             df = self.annotations()
         except L.DatasetLayoutError as exc:
             return [str(exc)]
-        root = self._root()
         files = sorted(set(df["audio_filename"]))
-        missing = L.missing_files(os.path.join(root, "audio", f) for f in files)
-        problems = [L.summarize_missing(self.name, missing, len(files))] if missing else []
+        index, folders = self.audio_index()
+        missing = L.missing_files(self._audio_path(index, f) for f in files if f not in index)
+        problems = []
+        if missing:
+            root = self._root()
+            searched = ", ".join(os.path.relpath(d, root) + os.sep for d in folders)
+            problems.append(L.summarize_missing(self.name, missing, len(files))
+                            + f"\n(searched, in order, under {root}: {searched})")
         for split in SPLITS.values():
             if not (df["split"] == split).any():
                 problems.append(f"task {self.name!r}: annotations.csv has no {split!r} row")
         return problems
 
-    def _examples(self, split_key: str, rng: np.random.Generator) -> list[Example]:
+    def _examples(self, split_key: str, rng: np.random.Generator,
+                  index: dict[str, str]) -> list[Example]:
         df = self.annotations()
         files, target, counts = aggregate_labels(df, SPLITS[split_key])
         self.info[SPLITS[split_key]] = counts
         idx = L.cap_indices(np.arange(len(files)),
                             L.profile_cap(self.profile, self.options, split_key), rng)
-        root = self._root()
         return [Example(id=os.path.splitext(files[i])[0], target=target[i],
-                        path=os.path.join(root, "audio", files[i])) for i in idx]
+                        path=self._audio_path(index, files[i])) for i in idx]
 
     def folds(self, fold: str | None = None) -> list[Fold]:
         if fold not in (None, "0", "all"):
             raise KeyError(f"task {self.name} has one fold, '0' (got {fold!r})")
+        self.annotations()
+        index = self.audio_index()[0]
         rng = L.rng_for(self.seed, 0)
-        return [Fold("0", self._examples("train", rng), self._examples("valid", rng),
-                     self._examples("test", rng))]
+        return [Fold("0", self._examples("train", rng, index),
+                     self._examples("valid", rng, index), self._examples("test", rng, index))]
 
     # dictionary (paper IV-B3) -----------------------------------------------------------------
     def dictionary_recipe(self, train_X, train_target, k, seed=0, mu=0.8, n_iter=100):

@@ -95,10 +95,13 @@ def make_esc50(root: str, *, n_classes: int = 5, seconds: float = 5.0, seed: int
 
 
 def make_sonyc(root: str, *, seconds: float = 10.0, seed: int = 0,
-               n_files: dict[str, int] | None = None) -> str:
+               n_files: dict[str, int] | None = None, shards: int = 0,
+               shard_inner: str = "") -> str:
     """SONYC-UST v2.3 layout: annotations.csv with every official column (12 metadata, 29 fine
     presence, 29 proximity, 8 coarse) and several annotator rows per recording, the taxonomy
     YAML, audio/<sensor>_<id>.wav (10 s; every third file at 48 kHz to exercise resampling).
+    ``shards=n`` writes file k to audio-<k % n>/<shard_inner>/ instead, as when each of the
+    v2.3 archives audio-0.tar.gz ... audio-18.tar.gz is unpacked into its own folder.
 
     train: 3 volunteers each (one marks every true class, the others a subset), a few with a
     SONYC-team row (-1 outside its group) and one verified row; validate: volunteers, plus a
@@ -110,7 +113,8 @@ def make_sonyc(root: str, *, seconds: float = 10.0, seed: int = 0,
     n_files = n_files or {"train": 12, "validate": 6, "test": 6}
     fine_p, fine_x, coarse = sonyc_fine_columns()
     offsets = {c: sum(len(SONYC_FINE[d][1]) for d in range(1, c)) for c in SONYC_FINE}
-    os.makedirs(os.path.join(root, "audio"), exist_ok=True)
+    if not shards:
+        os.makedirs(os.path.join(root, "audio"), exist_ok=True)
     rows = []
     k = 0
     for split, n in n_files.items():
@@ -120,7 +124,10 @@ def make_sonyc(root: str, *, seconds: float = 10.0, seed: int = 0,
             sensor = 10 + (k % 4)
             fname = f"{sensor:02d}_{1000 + k:06d}.wav"
             sr = 48000 if k % 3 == 2 else 44100
-            sf.write(os.path.join(root, "audio", fname),
+            folder = (os.path.join(root, f"audio-{k % shards}", shard_inner) if shards
+                      else os.path.join(root, "audio"))
+            os.makedirs(folder, exist_ok=True)
+            sf.write(os.path.join(folder, fname),
                      _tone_clip([200.0 * (c + 1) + 50 for c in labels], sr, seconds, rng), sr,
                      subtype="PCM_16")
 
@@ -164,13 +171,16 @@ def make_sonyc(root: str, *, seconds: float = 10.0, seed: int = 0,
 
 
 def make_openmic(root: str, *, n_train: int = 16, n_test: int = 6, seconds: float = 10.0,
-                 seed: int = 0, partition_names: str = "csv") -> str:
+                 seed: int = 0, partition_names: str = "csv",
+                 key_dtype: str = "unicode") -> str:
     """OpenMIC-2018 layout: openmic-2018.npz (X, Y_true, Y_mask, sample_key), class-map.json,
     partitions/split01_{train,test}.csv (or train01.txt / test01.txt with
     ``partition_names='txt'``), audio/<key[:3]>/<key>.ogg (Ogg Vorbis 44.1 kHz; every other
-    clip stereo). Each clip has 1-2 present instruments (Y_true 0.9, annotated), two annotated
-    absent ones (Y_true 0.1) and the rest unannotated (Y_true 0.5, mask False); clip 0 has an
-    annotated Y_true of exactly 0.5 (a positive under the >= 0.5 rule)."""
+    clip stereo). ``key_dtype='object'`` stores sample_key as an object array, as the official
+    scripts/helper_numpy.py does (``np.unique`` of a pandas column), which numpy pickles.
+    Each clip has 1-2 present instruments (Y_true 0.9, annotated), two annotated absent ones
+    (Y_true 0.1) and the rest unannotated (Y_true 0.5, mask False); clip 0 has an annotated
+    Y_true of exactly 0.5 (a positive under the >= 0.5 rule)."""
     rng = np.random.default_rng(seed)
     n = n_train + n_test
     C = len(OPENMIC_CLASSES)
@@ -191,7 +201,7 @@ def make_openmic(root: str, *, n_train: int = 16, n_test: int = 6, seconds: floa
     Y_true[0, spare], Y_mask[0, spare] = 0.5, True
     X = rng.integers(0, 256, size=(n, 10, 128)).astype(np.uint8)
     np.savez(os.path.join(root, "openmic-2018.npz"), X=X, Y_true=Y_true, Y_mask=Y_mask,
-             sample_key=np.asarray(keys))
+             sample_key=np.asarray(keys, dtype=object if key_dtype == "object" else None))
     with open(os.path.join(root, "class-map.json"), "w") as fh:
         json.dump({c: i for i, c in enumerate(OPENMIC_CLASSES)}, fh)
     os.makedirs(os.path.join(root, "partitions"), exist_ok=True)

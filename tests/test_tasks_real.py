@@ -127,6 +127,22 @@ def test_esc10_reindexes_targets(tmp_path, roots):
     assert {int(e.id.split("-")[-1]): int(np.argmax(e.target)) for e in f.test} == {2: 0, 4: 1}
 
 
+def test_esc50_root_above_archive_folder(roots):
+    """The GitHub archive unpacks to ESC-50-master/: a data root pointing at the folder that
+    holds it reads the same clips, labels and folds."""
+    inner = roots["esc"]
+    assert os.path.basename(inner) == "ESC-50-master"
+    parent = os.path.dirname(inner)
+    assert not os.path.exists(os.path.join(parent, "meta"))
+    for cls in (ESC50Task, ESC10Task):
+        a, b = cls(inner, seed=2).folds("3")[0], cls(parent, seed=2).folds("3")[0]
+        for sa, sb in ((a.train, b.train), (a.valid, b.valid), (a.test, b.test)):
+            assert [(e.id, e.path) for e in sa] == [(e.id, e.path) for e in sb]
+            assert all(np.array_equal(x.target, y.target) for x, y in zip(sa, sb))
+        assert cls(parent).classes == cls(inner).classes
+    assert validate_layout(ESC50Task(parent)) == []
+
+
 # --------------------------------------------------------------------------------------------
 # SONYC-UST labels
 # --------------------------------------------------------------------------------------------
@@ -203,6 +219,63 @@ def test_sonyc_taxonomy_checked(roots, tmp_path):
     assert len(SonycUSTTask(root).folds("0")[0].train) == 12
 
 
+@pytest.mark.parametrize("inner", ["", "audio"])
+def test_sonyc_audio_in_shard_folders(roots, tmp_path, monkeypatch, inner):
+    """v2.3 ships audio-0.tar.gz ... audio-18.tar.gz: each unpacked into its own audio-<n>/
+    folder (with or without an inner audio/ folder) gives the same clips and labels, read
+    from where they are, with one directory scan per folder (not a stat per clip)."""
+    root = make_sonyc(str(tmp_path / "son"), seconds=5.0, shards=3, shard_inner=inner)
+    open(os.path.join(root, "audio-0.tar.gz"), "wb").close()  # archives kept beside: ignored
+    scans = []
+    real_scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda p=".": scans.append(os.fspath(p)) or real_scandir(p))
+    stats = []
+    real_isfile = os.path.isfile
+    monkeypatch.setattr(os.path, "isfile", lambda p: stats.append(p) or real_isfile(p))
+    task = SonycUSTTask(root)
+    f = task.folds("0")[0]
+    monkeypatch.undo()
+    assert len(scans) == 1 + 1 + 3 + 3  # root, audio/, audio-*/, audio-*/audio/
+    assert not [p for p in stats if p.endswith(".wav")]
+    ref = SonycUSTTask(roots["sonyc"]).folds("0")[0]
+    for a, b in zip(ref.train + ref.valid + ref.test, f.train + f.valid + f.test):
+        assert a.id == b.id and np.array_equal(a.target, b.target)
+        k = int(a.id.split("_")[1]) - 1000
+        assert b.path == os.path.join(root, f"audio-{k % 3}", inner, a.id + ".wav")
+    assert validate_layout(task) == []
+    assert prepare(task, cache_dir=str(tmp_path / "cache"))["unique_clips"] == 23
+
+
+def test_sonyc_audio_search_order_and_missing(tmp_path):
+    """audio/<name> first, else audio-*/<name>, else audio-*/audio/<name>; a file found
+    nowhere keeps the audio/<name> path and the error names the folders searched."""
+    root = make_sonyc(str(tmp_path / "son"), seconds=5.0, shards=2, shard_inner="audio",
+                      n_files={"train": 4, "validate": 2, "test": 2})
+    # 10_001000 is in audio-0/audio/: copies in audio-1/ and audio/ win in that order
+    src = os.path.join(root, "audio-0", "audio", "10_001000.wav")
+    shutil.copy(src, os.path.join(root, "audio-1", "10_001000.wav"))
+    assert SonycUSTTask(root).folds("0")[0].train[0].path == os.path.join(
+        root, "audio-1", "10_001000.wav")
+    os.makedirs(os.path.join(root, "audio"))
+    shutil.copy(src, os.path.join(root, "audio", "10_001000.wav"))
+    assert SonycUSTTask(root).folds("0")[0].train[0].path == os.path.join(
+        root, "audio", "10_001000.wav")
+    gone = os.path.join(root, "audio-1", "audio", "11_001001.wav")
+    os.remove(gone)
+    task = SonycUSTTask(root)
+    victim = task.folds("0")[0].train[1]
+    assert victim.path == os.path.join(root, "audio", "11_001001.wav")
+    problems = validate_layout(task)
+    assert len(problems) == 1 and "11_001001.wav" in problems[0]
+    assert f"under {root}: " + ", ".join(d + os.sep for d in (
+        "audio", "audio-0", "audio-1", os.path.join("audio-0", "audio"),
+        os.path.join("audio-1", "audio"))) in problems[0]
+    with pytest.raises(PrepareError, match="11_001001.wav"):
+        prepare(task, cache_dir=str(tmp_path / "cache"))
+    summary = prepare(task, on_bad_file="skip", cache_dir=str(tmp_path / "cache"))
+    assert summary["missing_files"] == [victim.path] and summary["unique_clips"] == 6
+
+
 # --------------------------------------------------------------------------------------------
 # OpenMIC
 # --------------------------------------------------------------------------------------------
@@ -231,6 +304,89 @@ def test_openmic_mask_threshold_and_split(roots, tmp_path):
                         partition_names="txt")
     g = OpenMICTask(root).folds("0")[0]
     assert len(g.train) + len(g.valid) == 4 and len(g.test) == 2
+
+
+def test_openmic_root_above_archive_folder(roots, tmp_path):
+    """openmic-2018-v1.0.0.tgz unpacks to openmic-2018/: a data root pointing at the folder
+    that holds it reads the same clips, labels and split."""
+    inner = roots["om"]
+    assert os.path.basename(inner) == "openmic-2018"
+    parent = os.path.dirname(inner)
+    assert not os.path.exists(os.path.join(parent, "openmic-2018.npz"))
+    a, b = OpenMICTask(inner, seed=3).folds("0")[0], OpenMICTask(parent, seed=3).folds("0")[0]
+    for sa, sb in ((a.train, b.train), (a.valid, b.valid), (a.test, b.test)):
+        assert [(e.id, e.path) for e in sa] == [(e.id, e.path) for e in sb]
+        assert all(np.array_equal(x.target, y.target) and np.array_equal(x.mask, y.mask)
+                   for x, y in zip(sa, sb))
+    assert OpenMICTask(parent).classes == OpenMICTask(inner).classes
+    assert validate_layout(OpenMICTask(parent)) == []
+    with pytest.raises(DatasetLayoutError, match="openmic-2018/ holding them"):
+        OpenMICTask(str(tmp_path)).folds("0")
+
+
+def _replace_npz_member(path: str, name: str, payload: bytes) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    members[name] = payload
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, b in members.items():
+            zf.writestr(n, b)
+
+
+def _object_npy(arr: np.ndarray, pickled: bytes) -> bytes:
+    """A version 1.0 .npy file of an object array with the given pickle stream."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(arr))
+    return buf.getvalue() + pickled
+
+
+def test_openmic_object_sample_key(tmp_path, monkeypatch):
+    """The official npz holds sample_key as an object array (scripts/helper_numpy.py takes
+    np.unique of a pandas column; numpy pickles it): it is read without allow_pickle=True
+    (only numpy's array reconstruction is unpickled), and X is never decoded."""
+    import pickle
+
+    root = make_openmic(str(tmp_path / "om"), n_train=4, n_test=2, seconds=1.0,
+                        key_dtype="object")
+    path = os.path.join(root, "openmic-2018.npz")
+    keys = np.load(path, allow_pickle=True)["sample_key"]
+    assert keys.dtype == object
+    read = []
+    orig = np.lib.npyio.NpzFile.__getitem__
+
+    def spy(self, key):
+        read.append(key)
+        return orig(self, key)
+
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", spy)
+    task = OpenMICTask(root)
+    f = task.folds("0")[0]
+    assert "X" not in read and "sample_key" in read
+    assert task.load()["keys"] == [str(k) for k in keys]
+    assert all(isinstance(k, str) for k in task.load()["keys"])
+    assert {e.id for e in f.test} | {e.id for e in f.train + f.valid} == set(map(str, keys))
+    assert all(os.path.isfile(e.path) for e in f.test)
+    # as written by numpy 1.x (the 2018 file): protocol 2, numpy.core.multiarray._reconstruct
+    legacy = pickle.dumps(keys, protocol=2).replace(b"numpy._core.multiarray",
+                                                    b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray" in legacy
+    _replace_npz_member(path, "sample_key.npy", _object_npy(keys, legacy))
+    assert OpenMICTask(root).load()["keys"] == [str(k) for k in keys]
+    # anything but an array of strings in that pickle is refused, never executed
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    _replace_npz_member(path, "sample_key.npy", _object_npy(keys, pickle.dumps(Evil())))
+    with pytest.raises(DatasetLayoutError, match="sample_key"):
+        OpenMICTask(root).folds("0")
+    assert not marker.exists()
 
 
 # --------------------------------------------------------------------------------------------
