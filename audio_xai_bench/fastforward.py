@@ -5,7 +5,7 @@ perturbation methods (SLIME) and of the scorer (FF, its baselines, the removal c
 Kumar CNN) and is faster on CPU and GPU: BatchNorm folded into the preceding convolution
 (eval-mode BN is affine), 2 x 2 max-pools as strided maxima (bit-equal), channels-last
 weights. Measured on one core, 8 OpenMIC-shaped inputs (10 s, 128 mel bands) through the
-full-width Kumar CNN: 0.95 s -> 0.51 s (1.85x); see README, "Benchmarks".
+full-width Kumar CNN: 0.95 s -> 0.51 s (1.85x); see README, "Performance benchmarks".
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Many small forward passes (SLIME's N perturbed inputs per clip) leave CPU cores 
 (32, 4, 94, 64) convolution is too small for PyTorch's intra-op threads to split well. PyTorch
 releases the GIL inside its kernels, so running two such chunks at once on two Python threads
 can keep both cores busy (SLIME's perturbed inputs through the synth classifier: 1.1-1.7x on
-2 shared cores, depending on the host's load; README, "Benchmarks"). It does not pay
+2 shared cores, depending on the host's load; README, "Performance benchmarks"). It does not pay
 everywhere: the scorer's chunks (inverse STFT, STFT, f) ran 10 % slower this way on synth,
 since their STFTs already use the intra-op threads, so the scorer does not use it. Every
 call runs on one intra-op thread, so a chunk's result does not depend on which thread

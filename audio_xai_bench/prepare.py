@@ -74,8 +74,9 @@ def prepare(task: Task, *, on_bad_file: str = "fail", cache_dir: str | os.PathLi
     if missing and on_bad_file == "fail":
         shown = "\n  ".join(missing[:20])
         more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
+        layout = "".join(f"\n- {p}" for p in problems)  # e.g. the folders searched
         raise PrepareError(f"task {task.name!r}: {len(missing)} of {len(union)} listed audio "
-                           f"files are absent:\n  {shown}{more}\nRun prepare with "
+                           f"files are absent:\n  {shown}{more}{layout}\nRun prepare with "
                            f"on_bad_file='skip' (--on-bad-file skip) to leave them out. "
                            f"{GETTING_DATA}")
     report = LoadReport()

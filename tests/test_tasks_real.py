@@ -270,8 +270,9 @@ def test_sonyc_audio_search_order_and_missing(tmp_path):
     assert f"under {root}: " + ", ".join(d + os.sep for d in (
         "audio", "audio-0", "audio-1", os.path.join("audio-0", "audio"),
         os.path.join("audio-1", "audio"))) in problems[0]
-    with pytest.raises(PrepareError, match="11_001001.wav"):
+    with pytest.raises(PrepareError, match="11_001001.wav") as err:
         prepare(task, cache_dir=str(tmp_path / "cache"))
+    assert "searched, in order" in str(err.value)  # prepare shows where it looked
     summary = prepare(task, on_bad_file="skip", cache_dir=str(tmp_path / "cache"))
     assert summary["missing_files"] == [victim.path] and summary["unique_clips"] == 6
 
