@@ -144,6 +144,7 @@ class Scorer:
                  ) -> None:
         self.ex, self.f, self.data = explainer, classifier.eval(), data
         self._f_fast: torch.nn.Module | None = None
+        self._group_batch: list[int] = []  # the loader batch of every pass-1 group, in order
         self.cfg = config or EvalConfig()
         self.kind = data.task.kind
         self.loader = BatchLoader(data.test, data.frontend, self.cfg.batch_size,
@@ -307,7 +308,9 @@ class Scorer:
         st = _PassState(listen_left=cfg.listen,
                         gen=torch.Generator().manual_seed(cfg.seed + 104729))  # pass-1 draws
         with _Spill(cfg.keep_bytes, self.data.cache_dir, self.data.frontend) as kept:
-            for batch in progress_bar(self.loader, desc="evaluating", leave=False):
+            self._group_batch = []
+            for b, batch in enumerate(progress_bar(self.loader, desc="evaluating",
+                                                   leave=False)):
                 f_prob = self._f_probs_batch(batch)
                 f_all.append(f_prob.cpu())
                 if "surrogate" in self.caps:
@@ -319,6 +322,7 @@ class Scorer:
                 m_prob = g_all[-1].to(f_prob.device) if self.explains_own_model else f_prob
                 rows, classes = self._pairs(m_prob)
                 for r, c in self._chunks(rows, classes):
+                    self._group_batch.append(b)
                     self._score_pairs(batch, r, c, m_prob, st, kept)
             f_probs = torch.cat(f_all).numpy()
             pairs = pd.DataFrame(st.pair_rows)
@@ -488,10 +492,16 @@ class Scorer:
             out.append(item)
         return out
 
-    def _groups(self):
+    def _groups(self, batches: set[int] | None = None):
         """(batch, rows, classes, model probabilities) of every pass-1 group of pairs, in the
-        order of ``pairs``."""
-        for batch in self.loader:
+        order of ``pairs``; with ``batches``, only the groups of those loader batches (the
+        others are not loaded)."""
+        if batches is None:
+            loaded = iter(self.loader)
+        else:
+            loaded = (self.loader.batch(idx) for b, idx in
+                      enumerate(self.loader.batch_indices()) if b in batches)
+        for batch in loaded:
             m_prob = self._model_probs(batch)
             rows, classes = self._pairs(m_prob)
             for r, c in self._chunks(rows, classes):
@@ -506,8 +516,16 @@ class Scorer:
     def _recomputed(self, need: set[int]):
         """For every pass-1 group in order: the item (sub, explanation, classes, p0) again,
         recomputed, where its index is in ``need`` (explain is deterministic, so it gives the
-        same components), else None (not explained again)."""
-        for i, (batch, r, c, m_prob) in enumerate(self._groups()):
+        same components), else None (not explained again). Only the loader batches that hold
+        a group in ``need`` are loaded and passed through the model again (pass 1 recorded
+        each group's batch), not the whole split."""
+        load = {self._group_batch[i] for i in need}
+        again = self._groups(load)
+        for i, b in enumerate(self._group_batch):
+            if b not in load:
+                yield None
+                continue
+            batch, r, c, m_prob = next(again)  # the same groups as pass 1, in order
             if i in need:
                 sub = self._subset(batch, r)
                 yield sub, self.ex.explain(sub, c), c, m_prob[r, c]

@@ -90,6 +90,12 @@ class BatchLoader:
                      target=s.target[index].to(self.device), mask=s.mask[index].to(self.device),
                      index=index.to(self.device), sources=src, source_classes=src_cls)
 
+    def batch_indices(self) -> list[Tensor]:
+        """The rows of each batch of an ordered (unshuffled) pass, in order."""
+        if self.shuffle:
+            raise ValueError("batch_indices is for an ordered pass (shuffle=False)")
+        return list(torch.arange(len(self.split)).split(self.batch_size))
+
     def __iter__(self) -> Iterator[Batch]:
         n = len(self.split)
         if self.shuffle:

@@ -38,6 +38,19 @@ def require_root(task_name: str, data_root: str | os.PathLike | None, layout: st
     return root
 
 
+def archive_root(task_name: str, data_root: str | os.PathLike | None, layout: str,
+                 marker: str, archive_folder: str) -> str:
+    """``require_root``, or its subfolder ``archive_folder`` when the root lacks ``marker`` (a
+    file every copy of the dataset has) and that subfolder holds it: the data root may be
+    the folder the official archive was unpacked in (``ESC-50-master/``, ``openmic-2018/``)."""
+    root = require_root(task_name, data_root, layout)
+    inner = os.path.join(root, archive_folder)
+    if not os.path.isfile(os.path.join(root, marker)) and os.path.isfile(
+            os.path.join(inner, marker)):
+        return inner
+    return root
+
+
 def require_file(task_name: str, root: str, rel: str | Iterable[str], layout: str) -> str:
     """Path of the first existing candidate ``rel`` under ``root``, else a layout error."""
     cands = [rel] if isinstance(rel, str) else list(rel)

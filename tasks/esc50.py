@@ -156,12 +156,7 @@ class ESC50Task(Task):
 
     # metadata ----------------------------------------------------------------------------
     def _root(self) -> str:
-        root = L.require_root(self.name, self.data_root, LAYOUT)
-        inner = os.path.join(root, ARCHIVE_FOLDER)
-        if not os.path.isfile(os.path.join(root, META)) and os.path.isfile(
-                os.path.join(inner, META)):
-            return inner  # data root = the folder the GitHub archive was unpacked in
-        return root
+        return L.archive_root(self.name, self.data_root, LAYOUT, META, ARCHIVE_FOLDER)
 
     def metadata(self):
         """The rows of ``meta/esc50.csv`` this task uses, with a ``label`` (class index)."""

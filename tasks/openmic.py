@@ -140,12 +140,7 @@ class OpenMICTask(Task):
         self._data = None
 
     def _root(self) -> str:
-        root = L.require_root(self.name, self.data_root, LAYOUT)
-        inner = os.path.join(root, ARCHIVE_FOLDER)
-        if not os.path.isfile(os.path.join(root, NPZ)) and os.path.isfile(
-                os.path.join(inner, NPZ)):
-            return inner  # data root = the folder the Zenodo archive was unpacked in
-        return root
+        return L.archive_root(self.name, self.data_root, LAYOUT, NPZ, ARCHIVE_FOLDER)
 
     def _read_keys(self, path: str) -> list[str]:
         with open(path) as fh:
@@ -168,7 +163,7 @@ class OpenMICTask(Task):
                     raise L.DatasetLayoutError(
                         f"task {self.name!r}: {npz_path} lacks array(s) {missing} (has "
                         f"{z.files}). {L.GETTING_DATA}")
-                Y_true = np.asarray(z["Y_true"], np.float32)
+                Y_true = np.asarray(z["Y_true"], np.float64)  # >= 0.5 on the stored values
                 Y_mask = np.asarray(z["Y_mask"]).astype(bool)
                 try:
                     raw_keys = z["sample_key"]

@@ -184,3 +184,28 @@ def test_scorer_uses_an_inference_copy_of_f_with_the_same_values(setting):
         tol = 0.01 if "_p" in k else 1e-4
         assert a.metrics[k] == pytest.approx(v, rel=1e-3, abs=tol, nan_ok=True), k
     assert all(torch.equal(before[k], v) for k, v in f.state_dict().items())
+
+
+def test_recomputing_unspilled_groups_loads_only_their_batches(setting, tmp_path):
+    """With a spill budget for part of the groups, the second pass loads (and runs f on)
+    only the loader batches that hold a group that was not stored, not the whole split."""
+    data, f = setting
+    fe = data.frontend.config
+    per_pair = 4.0 * (fe.clip_samples + 2 * fe.n_freq * fe.n_frames)
+    ex = _Grid({})
+    ex.fit(data, f)
+    d = TaskData(**{**data.__dict__, "cache_dir": str(tmp_path)})
+    cfg = dict(pair_batch=10_000, forward_batch=7)
+    sc = Scorer(ex, f, d, EvalConfig(listen=0, batch_size=3, taus=(0.9, 0.5),
+                                     budgets=(0.1, 0.3), keep_bytes=per_pair * 20, **cfg))
+    loads: list[int] = []
+    real = sc.loader.batch
+    sc.loader.batch = lambda idx: (loads.append(int(idx[0])), real(idx))[1]
+    part = sc.run()
+    n_batches = len(sc.loader)
+    assert n_batches == 6 and len(sc._group_batch) == n_batches  # one group per batch here
+    pass2 = loads[n_batches:]
+    assert 0 < len(pass2) < n_batches  # the batches past the budget, and only those
+    assert pass2 == sorted(pass2) and pass2[-1] == 3 * (n_batches - 1)
+    full, _, _ = _score(data, f, cache_dir=str(tmp_path), batch_size=3, keep_bytes=1e12, **cfg)
+    _same(full.pairs, part.pairs)
