@@ -37,7 +37,15 @@ def _chunk(fe, f, X2, phase, n):
 
 @pytest.mark.parametrize("width", [1.0, 0.0625])
 def test_bench_scorer_forward_chunk(benchmark, width):
+    threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)
+    try:
+        _run(benchmark, width)
+    finally:
+        torch.set_num_threads(threads)  # the next benchmark in this process gets the default
+
+
+def _run(benchmark, width):
     cfg = FrontendConfig(44100, 1024, 512, 128, clip_seconds=10.0)
     fe = Frontend(cfg)
     g = torch.Generator().manual_seed(0)
