@@ -36,7 +36,6 @@ from .metrics.base import PairContext, PairFamily
 from .metrics import fidelity as fid
 from .metrics import groundtruth as gt
 from .metrics import lmac as lmm
-from .data import release_rows
 from .fastforward import foldable, inference_copy
 from .model import classifier_input
 from .train import BatchLoader
@@ -308,8 +307,7 @@ class Scorer:
         f_all, s_all, g_all = [], [], []
         st = _PassState(listen_left=cfg.listen,
                         gen=torch.Generator().manual_seed(cfg.seed + 104729))  # pass-1 draws
-        with _Spill(cfg.keep_bytes, self.data.cache_dir, self.data.frontend,
-                    self.data.test.wave) as kept:
+        with _Spill(cfg.keep_bytes, self.data.cache_dir, self.data.frontend) as kept:
             self._group_batch = []
             for b, batch in enumerate(progress_bar(self.loader, desc="evaluating",
                                                    leave=False)):
@@ -721,16 +719,10 @@ class _Spill:
     temporary folder (under the run's cache folder) and read back one at a time, so the
     scorer's memory is bounded by a group of pairs, not by the split. Once ``budget`` bytes
     are on disk the remaining groups are not stored: ``items`` recomputes them (and the
-    stored ones are read back). A group's clips are not written: they are read again from
-    the split's waveforms by row, and their phase and log-mel recomputed. The folder is
-    removed on exit, also after an error."""
+    stored ones are read back). The folder is removed on exit, also after an error."""
 
-    def __init__(self, budget: float, base: str | None, frontend,
-                 split_wave: Tensor | None = None) -> None:
+    def __init__(self, budget: float, base: str | None, frontend) -> None:
         self.budget, self.base, self.frontend = float(budget), base, frontend
-        # the split's waveforms (often a memory map): a group's clips are read back from
-        # them by row instead of being written to disk again
-        self.split_wave = split_wave
         self.dir: str | None = None
         self.paths: list[str | None] = []
         self.used = 0.0
@@ -748,10 +740,8 @@ class _Spill:
     def append(self, item: tuple) -> None:
         sub, e, classes, p0 = item
         # the phase and the log-mel are recomputed from the waveform when read back (cheap,
-        # deterministic), and the waveform is read again from the split by row: X and the
-        # explanation are what a group takes on disk (a 10 s clip at 44.1 kHz: 3.5 of 5.3 MB)
-        reread = self.split_wave is not None  # sub's rows are rows of that split
-        size = 4.0 * ((0 if reread else sub.wave.numel()) + 2 * sub.X.numel())
+        # deterministic): half of what a group would take on disk
+        size = 4.0 * (sub.wave.numel() + 2 * sub.X.numel())
         if self.used + size > self.budget:
             self.paths.append(None)
             return
@@ -760,8 +750,7 @@ class _Spill:
             self.dir = tempfile.mkdtemp(prefix=".scorer-spill-", dir=base)
         path = os.path.join(self.dir, f"{len(self.paths):06d}.pt")
         # fresh empty tensors: a [:0] view would still save its whole storage
-        light = replace(sub, phase=sub.phase.new_empty(0), logmel=sub.logmel.new_empty(0),
-                        wave=sub.wave.new_empty(0) if reread else sub.wave)
+        light = replace(sub, phase=sub.phase.new_empty(0), logmel=sub.logmel.new_empty(0))
         try:
             torch.save((light, e, classes, p0), path)
         except (OSError, RuntimeError) as exc:  # disk full: recompute instead, say so once
@@ -788,10 +777,5 @@ class _Spill:
 
     def _load(self, path: str) -> tuple:
         sub, e, classes, p0 = torch.load(path, weights_only=False)
-        if sub.wave.numel() == 0 and len(sub.index):  # read back from the split by row
-            rows = sub.index.cpu()
-            wave = self.split_wave[rows]
-            release_rows(self.split_wave, rows)
-            sub = replace(sub, wave=wave.to(sub.X.device))
         _, phase, logmel = self.frontend.analyze(sub.wave)
         return replace(sub, phase=phase, logmel=logmel), e, classes, p0
