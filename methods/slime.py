@@ -28,8 +28,9 @@ perturbed mel spectrum exactly as the front-end does (``Frontend.logmel_from_mag
 perturbed log-mel equals ``logmel_of_masked`` up to float summation order (tested). f's outputs
 on the N perturbed inputs are computed in inference mode, ``chunk`` inputs per forward pass
 (32 by default: on CPU a (chunk, C, T, M) activation that fits in cache beats a larger batch),
-with an inference copy of f (``fastforward.inference_copy``, shared with the scorer: BatchNorm folded into the preceding
-convolution, 2 x 2 max-pools as strided maxima, channels-last memory layout), which computes
+with an inference copy of f (``fastforward.inference_copy``, shared with the scorer:
+BatchNorm folded into the preceding convolution, 2 x 2 max-pools as strided maxima,
+channels-last memory layout), which computes
 the same function up to float rounding; on CPU ``workers`` chunks run at once, each on one
 intra-op thread (``parallel.map_chunks``), so the numbers do not depend on ``workers``. The perturbations of one clip are shared by all classes explained for it, and the
 weighted ridge is solved in closed form (weighted centring, then (ZᵀWZ + αI) β = ZᵀWy), batched
@@ -49,8 +50,7 @@ from torch import Tensor, nn
 
 from audio_xai_bench.api import (Batch, Explainer, SegmentExplanation, TaskData,
                                  normalise_relevance)
-from audio_xai_bench.fastforward import (StridedMaxPool2d, _is_plain_pool2,  # noqa: F401
-                                         inference_copy)
+from audio_xai_bench.fastforward import inference_copy
 from audio_xai_bench.parallel import default_workers, map_chunks
 
 from ._regions import RegionGrid, RegionMethod, RelevanceMemo, magnitude_forward, reads_logmel

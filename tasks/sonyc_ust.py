@@ -209,9 +209,11 @@ class SonycUSTTask(Task):
                 continue
         return index, folders
 
-    def _audio_path(self, index: dict[str, str], name: str) -> str:
-        """Where ``name`` (an ``audio_filename``) is; ``audio/<name>`` when it is nowhere."""
-        return index.get(name) or os.path.join(self._root(), "audio", name)
+    @staticmethod
+    def _audio_path(index: dict[str, str], folders: list[str], name: str) -> str:
+        """Where ``name`` (an ``audio_filename``) is; ``audio/<name>`` (the first folder
+        searched) when it is nowhere."""
+        return index.get(name) or os.path.join(folders[0], name)
 
     def validate_layout(self) -> list[str]:
         try:
@@ -220,7 +222,7 @@ class SonycUSTTask(Task):
             return [str(exc)]
         files = sorted(set(df["audio_filename"]))
         index, folders = self.audio_index()
-        missing = L.missing_files(self._audio_path(index, f) for f in files if f not in index)
+        missing = [self._audio_path(index, folders, f) for f in files if f not in index]
         problems = []
         if missing:
             root = self._root()
@@ -232,24 +234,23 @@ class SonycUSTTask(Task):
                 problems.append(f"task {self.name!r}: annotations.csv has no {split!r} row")
         return problems
 
-    def _examples(self, split_key: str, rng: np.random.Generator,
-                  index: dict[str, str]) -> list[Example]:
+    def _examples(self, split_key: str, rng: np.random.Generator, index: dict[str, str],
+                  folders: list[str]) -> list[Example]:
         df = self.annotations()
         files, target, counts = aggregate_labels(df, SPLITS[split_key])
         self.info[SPLITS[split_key]] = counts
         idx = L.cap_indices(np.arange(len(files)),
                             L.profile_cap(self.profile, self.options, split_key), rng)
         return [Example(id=os.path.splitext(files[i])[0], target=target[i],
-                        path=self._audio_path(index, files[i])) for i in idx]
+                        path=self._audio_path(index, folders, files[i])) for i in idx]
 
     def folds(self, fold: str | None = None) -> list[Fold]:
         if fold not in (None, "0", "all"):
             raise KeyError(f"task {self.name} has one fold, '0' (got {fold!r})")
-        self.annotations()
-        index = self.audio_index()[0]
+        self.annotations()  # a layout error in the metadata comes before the audio scan
+        audio = self.audio_index()
         rng = L.rng_for(self.seed, 0)
-        return [Fold("0", self._examples("train", rng, index),
-                     self._examples("valid", rng, index), self._examples("test", rng, index))]
+        return [Fold("0", *(self._examples(k, rng, *audio) for k in ("train", "valid", "test")))]
 
     # dictionary (paper IV-B3) -----------------------------------------------------------------
     def dictionary_recipe(self, train_X, train_target, k, seed=0, mu=0.8, n_iter=100):

@@ -12,6 +12,7 @@ import torch
 from audio_xai_bench.api import FrontendConfig
 from audio_xai_bench.audio import Frontend
 from audio_xai_bench.classifier import KumarCNN
+from audio_xai_bench import fastforward
 from audio_xai_bench.methods import _regions, slime
 
 FE_CFG = FrontendConfig(sample_rate=16000, n_fft=512, hop_length=256, n_mels=32, clip_seconds=1.0)
@@ -51,7 +52,8 @@ def test_inference_copy_is_the_same_function_and_leaves_f_alone():
     before = {k: v.clone() for k, v in f.state_dict().items()}
     fast = slime.inference_copy(f)
     n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
-    assert isinstance(fast.pool, slime.StridedMaxPool2d) and type(f.pool) is torch.nn.MaxPool2d
+    assert isinstance(fast.pool, fastforward.StridedMaxPool2d)
+    assert type(f.pool) is torch.nn.MaxPool2d
     assert n_bn == 0 and sum(isinstance(m, torch.nn.BatchNorm2d) for m in f.modules()) > 0
     x = torch.randn(6, 1, 64, 64) * 10 - 30
     with torch.inference_mode():
@@ -62,7 +64,7 @@ def test_inference_copy_is_the_same_function_and_leaves_f_alone():
 
 def test_strided_max_pool_equals_max_pool2d_bit_for_bit():
     g = torch.Generator().manual_seed(3)
-    pool = slime.StridedMaxPool2d()
+    pool = fastforward.StridedMaxPool2d()
     for shape in ((3, 4, 94, 64), (2, 5, 47, 33), (1, 1, 3, 2), (2, 8, 11, 7)):
         x = torch.randn(*shape, generator=g)
         x[0, 0, 0, 0] = float("nan")  # NaN propagates as in max_pool2d
@@ -72,10 +74,10 @@ def test_strided_max_pool_equals_max_pool2d_bit_for_bit():
             assert got.shape == ref.shape
             assert torch.equal(torch.nan_to_num(got, 7.0), torch.nan_to_num(ref, 7.0))
             assert torch.isnan(got).sum() == torch.isnan(ref).sum()
-    assert slime._is_plain_pool2(torch.nn.MaxPool2d(2))
+    assert fastforward._is_plain_pool2(torch.nn.MaxPool2d(2))
     for other in (torch.nn.MaxPool2d(3), torch.nn.MaxPool2d(2, 1), torch.nn.MaxPool2d(2, padding=1),
                   torch.nn.MaxPool2d(2, ceil_mode=True), torch.nn.AvgPool2d(2)):
-        assert not slime._is_plain_pool2(other)
+        assert not fastforward._is_plain_pool2(other)
 
 
 def test_concurrent_chunks_are_bit_identical_and_leave_the_cell_hash():
